@@ -1,0 +1,132 @@
+"""Question sets, each as a list of docs {id, question, answer, kind}; `kind` picks the scoring rule.
+
+Sources: FireAct's data directory (default), the Hugging Face hub (`source="hub"`), or a user's JSONL
+file (`path=...`, lines {"question", "answer", "id"?}). lm-eval calls `load(...)` as a task's
+`custom_dataset`, passing the task's dataset_kwargs and the `--metadata` JSON.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from fireact_bench.paths import data_dir, data_file
+
+FIREACT_HOTPOTQA_SEED, FIREACT_HOTPOTQA_N = 233, 500
+MMLU_LETTERS = "ABCD"
+
+
+def _doc(id_, question, answer, kind="qa", **extra) -> dict:
+    return {"id": str(id_), "question": question.strip(), "answer": str(answer).strip(), "kind": kind, **extra}
+
+
+def hotpotqa(subset: str = "fireact500", source: str = "fireact") -> list[dict]:
+    """HotpotQA dev (distractor). `fireact500` is FireAct's 500-question evaluation subset."""
+    if source == "hub":
+        import datasets
+
+        rows = datasets.load_dataset("hotpotqa/hotpot_qa", "distractor", split="validation")
+        dev = [{"question": r["question"], "answer": r["answer"]} for r in rows]
+    else:
+        dev = json.loads(data_file("data/hotpotqa/dev.json").read_text(encoding="utf-8"))
+    indices = list(range(len(dev)))
+    if subset == "fireact500":
+        random.Random(FIREACT_HOTPOTQA_SEED).shuffle(indices)
+        indices = indices[:FIREACT_HOTPOTQA_N]
+    elif subset != "dev":
+        raise ValueError(f"hotpotqa subset {subset!r}: known fireact500, dev")
+    return [_doc(i, dev[i]["question"], dev[i]["answer"]) for i in indices]
+
+
+def bamboogle(source: str = "fireact") -> list[dict]:
+    if source == "hub":
+        import datasets
+
+        rows = list(datasets.load_dataset("chiayewken/bamboogle", split="test"))
+    else:
+        with open(data_file("data/bamboogle/test.csv"), newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    return [_doc(i, r["Question"], r["Answer"]) for i, r in enumerate(rows)]
+
+
+def strategyqa(source: str = "fireact") -> list[dict]:
+    if source == "hub":
+        import datasets
+
+        rows = list(datasets.load_dataset("ChilleD/StrategyQA", split="test"))
+    else:
+        rows = json.loads(data_file("data/strategyqa/strategyqa_dev.json").read_text(encoding="utf-8"))
+    return [_doc(r["qid"], r["question"], "yes" if r["answer"] else "no", kind="yesno") for r in rows]
+
+
+def mmlu(subject: str = "all", source: str = "fireact") -> list[dict]:
+    """MMLU test, one subject or all; the question carries its lettered options."""
+    if source == "hub":
+        import datasets
+
+        rows = datasets.load_dataset("cais/mmlu", subject, split="test")
+        items = [(r.get("subject", subject), r["question"], r["choices"], MMLU_LETTERS[r["answer"]]) for r in rows]
+    else:
+        folder = data_dir() / "data" / "mmlu" / "test"
+        files = sorted(folder.glob("*_test.csv")) if subject == "all" else [data_file(f"data/mmlu/test/{subject}_test.csv")]
+        if not files:
+            raise FileNotFoundError(f"no MMLU test files in {folder}")
+        items = []
+        for path in files:
+            with open(path, newline="", encoding="utf-8") as fh:
+                for line_no, row in enumerate(csv.reader(fh), 1):
+                    if len(row) != 6 or row[5] not in MMLU_LETTERS:
+                        raise ValueError(f"{path}:{line_no}: expected question, A, B, C, D, answer letter")
+                    items.append((path.name[: -len("_test.csv")], row[0], row[1:5], row[5]))
+    docs = []
+    for i, (subj, question, choices, answer) in enumerate(items):
+        options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, choices))
+        docs.append(_doc(f"{subj}-{i}", f"{question}\n{options}", answer, kind="choice", subject=subj))
+    return docs
+
+
+def jsonl(path: str, kind: str = "qa") -> list[dict]:
+    """A user's question file: one JSON object a line with "question" and "answer" (and optionally "id")."""
+    docs = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            for key in ("question", "answer"):
+                if not isinstance(row, dict) or not isinstance(row.get(key), (str, int, float, bool)):
+                    raise ValueError(f"{path}:{line_no}: missing or non-text field {key!r}")
+            docs.append(_doc(row.get("id", line_no), row["question"], row["answer"], kind=row.get("kind", kind)))
+    if not docs:
+        raise ValueError(f"{path}: no questions")
+    return docs
+
+
+LOADERS = {"hotpotqa": hotpotqa, "bamboogle": bamboogle, "strategyqa": strategyqa, "mmlu": mmlu, "jsonl": jsonl}
+
+
+def load_docs(dataset: str, **options) -> list[dict]:
+    if dataset not in LOADERS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(LOADERS)}")
+    return LOADERS[dataset](**options)
+
+
+def docs_hash(docs: list[dict]) -> str:
+    """Identifies a question set (ids, questions, answers) for comparability keys."""
+    payload = json.dumps([[d["id"], d["question"], d["answer"]] for d in docs], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def load(dataset: str = "hotpotqa", **kwargs) -> dict:
+    """lm-eval `custom_dataset` entry: kwargs are dataset_kwargs plus --metadata; unknown ones are ignored."""
+    import datasets
+
+    options = {k: kwargs[k] for k in ("subset", "source", "subject", "path", "kind") if k in kwargs}
+    if dataset == "jsonl" and "path" not in options:
+        raise ValueError("the fireact_jsonl tasks need a question file: --metadata '{\"path\": \"questions.jsonl\"}'")
+    return {"test": datasets.Dataset.from_list(load_docs(dataset, **options))}

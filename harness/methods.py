@@ -1,0 +1,163 @@
+"""Agent methods. A method is a prompt plus a parser; nothing else.
+
+- io, cot:        one generation, few-shot (FireAct's prompts), no tool.
+- react:          Thought / Action: search[q] / Observation ... / Action: finish[a], few-shot.
+- reflexion:      react, and the agent is told to reflect at step 5 and to wrap up at step 9 (as FireAct).
+- ft:             the fine-tuned format: zero-shot, FireAct's Alpaca template (base models) or the model's
+                  chat template (chat models), with the same Thought/Action/Observation turns.
+
+The parser is strict about what counts as an action (`search[...]` or `finish[...]`) and tolerant of
+everything else: every deviation is named in `Step.errors` and counted, none raises.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from fireact_bench.paths import data_file
+
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+REFLECT_AT = {
+    5: "Now that I haven't solved the task within 5 steps, I need to figure out how to improve my strategy.",
+    9: "Now that I haven't solved the task within 9 steps, I need to wrap up and finish this task in the next step.",
+}
+# Few-shot prompt files in FireAct's release, per dataset; Bamboogle and user JSONL use HotpotQA's.
+PROMPT_DATASET = {"hotpotqa": "hotpotqa", "bamboogle": "hotpotqa", "jsonl": "hotpotqa", "strategyqa": "strategyqa", "mmlu": "mmlu"}
+TOOL_METHODS = ("react", "reflexion", "ft")
+# How FireAct's prompts (few-shot) and fine-tuning data (ft) introduce a question of each dataset.
+QUESTION_PREFIX = {"strategyqa": {"fewshot": "Yes or no: ", "ft": ""}, "mmlu": {"fewshot": "Single choice: ", "ft": "Question: "}}
+METHODS = ("io", "cot") + TOOL_METHODS
+
+_ACTION = re.compile(r"\b(search|finish)\[(.*?)\]", re.IGNORECASE | re.DOTALL)
+_LABELLED = re.compile(r"^\s*Action(?:\s*\d+)?\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass
+class Step:
+    thought: str = ""
+    action: str | None = None  # "search" | "finish" | None (no valid action)
+    argument: str | None = None
+    observation: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def as_text(self) -> str:
+        """The step as FireAct writes it: what the model wrote, then the observation."""
+        return turn_text(self) + (f"\nObservation: {self.observation}" if self.observation is not None else "")
+
+
+def turn_text(step: Step) -> str:
+    """What the model wrote in one turn, in canonical form (also what fine-tuning trains on)."""
+    lines = [f"Thought: {step.thought}"] if step.thought else []
+    if step.action:
+        lines.append(f"Action: {step.action}[{step.argument}]")
+    return "\n".join(lines)
+
+
+def parse_turn(text: str, *, truncated: bool = False) -> Step:
+    """One model turn ("Thought: ...\\nAction: search[q]") -> Step. Never raises."""
+    step = Step()
+    if truncated:
+        step.errors.append("runaway")  # hit the token limit before a stop sequence
+    if not text.strip():
+        step.errors.append("empty")
+        return step
+    thought = re.split(r"^\s*Action(?:\s*\d+)?\s*:", text, maxsplit=1, flags=re.IGNORECASE | re.MULTILINE)[0]
+    step.thought = re.sub(r"^\s*Thought(?:\s*\d+)?\s*:\s*", "", thought.strip(), flags=re.IGNORECASE).strip()
+    labelled = _LABELLED.search(text)
+    region = text[labelled.start(1):] if labelled else text
+    actions = list(_ACTION.finditer(region))
+    if not actions:
+        step.errors.append("malformed_action" if labelled else "missing_action")
+        return step
+    if not labelled:
+        step.errors.append("missing_action_label")
+        step.thought = re.sub(r"^\s*Thought\s*:\s*", "", text[: text.find(actions[0].group(0))].strip(), flags=re.I).strip()
+    first = actions[0]
+    step.action, step.argument = first.group(1).lower(), first.group(2).strip()
+    if len(actions) > 1:
+        step.errors.append("multiple_actions")
+    trailing = region[first.end():].strip()
+    if trailing and step.action == "finish":
+        step.errors.append("text_after_finish")
+    if step.action == "search" and not step.argument:
+        step.errors.append("empty_search")
+        step.action = None
+    return step
+
+
+def split_trajectory(text: str) -> list[Step]:
+    """A whole transcript (Thought/Action/Observation lines, FireAct's format) -> steps with observations."""
+    steps = []
+    for chunk in re.split(r"\n(?=\s*Thought(?:\s*\d+)?\s*:)", "\n" + text.strip()):
+        if not chunk.strip():
+            continue
+        parts = re.split(r"^\s*Observation(?:\s*\d+)?\s*:\s*", chunk, maxsplit=1, flags=re.MULTILINE)
+        step = parse_turn(parts[0])
+        if len(parts) > 1:
+            step.observation = parts[1].strip()
+        steps.append(step)
+    return steps
+
+
+def parse_answer(method: str, text: str) -> tuple[str | None, list[str]]:
+    """The final answer of a single-generation method (io, cot) and its format errors."""
+    if method == "cot":
+        match = re.search(r"Answer\s*:\s*(.*)", text)
+        if match:
+            return match.group(1).strip(), []
+        finish = _ACTION.search(text)  # FireAct's CoT fine-tuning data ends in finish[...]
+        if finish and finish.group(1).lower() == "finish":
+            return finish.group(2).strip(), []
+        return None, ["missing_answer"]
+    if method == "io":
+        answer = re.sub(r"^\s*Answer\s*:\s*", "", text.strip().split("\n")[0]).strip()
+        return (answer, []) if answer else (None, ["empty"])
+    raise ValueError(f"method {method!r} has no single-generation answer; known: io, cot")
+
+
+@lru_cache(maxsize=None)
+def fewshot_prompt(method: str, dataset: str) -> str:
+    """FireAct's few-shot prompt text for a method and dataset (reflexion uses ReAct's examples)."""
+    name = PROMPT_DATASET.get(dataset)
+    if name is None:
+        raise ValueError(f"no prompt for dataset {dataset!r}; known: {sorted(PROMPT_DATASET)}")
+    stem = {"io": "io_{}", "cot": "cot_{}", "react": "react_{}_google", "reflexion": "react_{}_google"}[method]
+    text = data_file(f"prompts/{stem.format(name)}.txt").read_text(encoding="utf-8")
+    return text.rstrip("\n") + "\n\n\n"
+
+
+def stop_sequences(method: str) -> list[str]:
+    # A turn never holds a blank line: past one, small models start inventing the next question.
+    return ["\n\n"] if method in ("io", "cot") else ["\nObservation", "Observation:", "\n\n"]
+
+
+def build_context(method: str, dataset: str, question: str, steps: list[Step], *, chat=None) -> str:
+    """The text the model continues at the next step. `chat` renders messages with the model's template."""
+    question = QUESTION_PREFIX.get(dataset, {}).get("ft" if method == "ft" else "fewshot", "") + question
+    if method in ("io", "cot"):
+        return fewshot_prompt(method, dataset) + question + ("\nAnswer:" if method == "io" else "\nThought:")
+    prefix = turn_prefix(method, len(steps))
+    if method == "ft" and chat is not None:
+        return chat(chat_messages(question, steps)) + prefix
+    head = ALPACA_TEMPLATE.format(instruction=question) if method == "ft" else fewshot_prompt(method, dataset) + question + "\n"
+    return head + "".join(step.as_text() + "\n" for step in steps) + prefix
+
+
+def turn_prefix(method: str, steps_done: int) -> str:
+    """Text put in the model's mouth before it writes the next turn: Reflexion's reminders."""
+    reminder = REFLECT_AT.get(steps_done + 1) if method == "reflexion" else None
+    return f"Thought: {reminder} " if reminder else ""
+
+
+def chat_messages(question: str, steps: list[Step]) -> list[dict]:
+    """The fine-tuned chat format: user question, assistant turns, observations as user turns."""
+    messages = [{"role": "user", "content": question}]
+    for step in steps:
+        messages.append({"role": "assistant", "content": turn_text(step)})
+        if step.observation is not None:
+            messages.append({"role": "user", "content": f"Observation: {step.observation}"})
+    return messages

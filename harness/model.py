@@ -1,0 +1,171 @@
+"""The `fireact` lm-eval model: wraps any lm-eval LM and runs agent episodes with it.
+
+    --model fireact --model_args inner=hf,pretrained=smollm2-135m-instruct[,peft=ADAPTER_DIR]
+
+Everything after `inner=` is the inner model's own model_args (an embedded backbone name is
+materialised first). A task asks for the agent through one namespaced generation key:
+
+    generation_kwargs: {until: [...], fireact: {method: react, dataset: hotpotqa, tool: replay, noise: clean, ...}}
+
+and `--gen_kwargs fireact.noise=none,fireact.max_steps=5` overrides single fields. The key is removed
+before the inner model sees anything; the inner model only ever gets plain generate_until requests,
+one batch per agent step for all live episodes of a task.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+
+import lm_eval.models  # noqa: F401  fills lm-eval's lazy registry, which stays empty once we register ours
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import LM
+from lm_eval.api.registry import get_model, register_model
+
+from fireact_bench.adapters.backbone import resolve_model
+from fireact_bench.agent import AgentConfig, Episode, run_episodes
+
+log = logging.getLogger(__name__)
+NAMESPACE = "fireact"
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """What a task (or --gen_kwargs) may set under the `fireact` key."""
+
+    method: str = "react"
+    dataset: str = "hotpotqa"
+    max_steps: int = 8
+    max_gen_toks: int = 128
+    tool: str = "replay"
+    noise: str = "clean"
+    noise_p: float = 0.5
+    seed: int = 0
+    template: str = "auto"  # ft only: chat | alpaca | auto (chat when the model has a chat template)
+    tool_args: str = ""  # JSON object of the backend's options, e.g. {"corpus": "passages.jsonl"} for bm25
+    cache: str = ""  # sqlite search cache in front of the tool ("" = none)
+    cache_mode: str = "record"
+
+    @classmethod
+    def from_gen_kwargs(cls, gen_kwargs: dict) -> tuple["AgentOptions", dict]:
+        """Split a request's generation kwargs into our options and the rest (for the inner model)."""
+        rest = dict(gen_kwargs)
+        ours = dict(rest.pop(NAMESPACE, None) or {})
+        for key in [k for k in rest if k.startswith(NAMESPACE + ".")]:
+            ours[key.split(".", 1)[1]] = rest.pop(key)
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(ours) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {NAMESPACE} option(s) {unknown}; known: {sorted(known)}")
+        # lm-eval's --gen_kwargs parser turns "none" into None; for our text options it means the word
+        casts = {"int": int, "float": float,
+                 "str": lambda v: "none" if v is None else json.dumps(v, sort_keys=True) if isinstance(v, dict) else str(v)}
+        return cls(**{k: casts[known[k]](v) for k, v in ours.items()}), rest
+
+
+def make_agent_tool(options: AgentOptions):
+    from fireact_bench.noise import make_tool
+
+    extra = json.loads(options.tool_args) if options.tool_args else {}
+    if options.cache:
+        extra.update(cache=options.cache, cache_mode=options.cache_mode)
+    return make_tool(options.tool, noise=options.noise, p=options.noise_p, seed=options.seed, **extra)
+
+
+@register_model(NAMESPACE)
+class FireActLM(LM):
+    def __init__(self, inner: str = "hf", inner_lm: LM | None = None, additional_config: dict | None = None, **inner_args):
+        super().__init__()
+        if inner_lm is None:
+            for key in ("pretrained", "peft"):
+                if key in inner_args:
+                    inner_args[key] = resolve_model(str(inner_args[key]))
+            extra = dict(additional_config or {})
+            if inner in ("hf", "huggingface", "hf-auto") and not extra.get("device"):
+                import torch  # HFLM's own default is "cuda", which fails on a CPU-only machine
+
+                extra["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+            inner_lm = get_model(inner).create_from_arg_obj(inner_args, extra)
+        self.inner = inner_lm
+        self.inner_name = inner
+        self._tools: dict[AgentOptions, object] = {}
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "FireActLM":
+        from lm_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**args, additional_config=extra)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "FireActLM":
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**arg_dict, additional_config=extra)
+
+    # -- what lm-eval calls -------------------------------------------------------------------------
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        groups: dict[AgentOptions, list[int]] = {}
+        parsed = []
+        for i, request in enumerate(requests):
+            context, gen_kwargs = request.args
+            options, _ = AgentOptions.from_gen_kwargs(gen_kwargs)
+            parsed.append((context, request.doc or {}))
+            groups.setdefault(options, []).append(i)
+        responses: list[str] = [""] * len(requests)
+        for options, indices in groups.items():
+            episodes = [
+                Episode(key=str(parsed[i][1].get("id", parsed[i][0])), question=str(parsed[i][1].get("question", parsed[i][0])))
+                for i in indices
+            ]
+            self.run(episodes, options)
+            for i, episode in zip(indices, episodes):
+                responses[i] = episode.response()
+        return responses
+
+    def run(self, episodes: list[Episode], options: AgentOptions) -> list[Episode]:
+        """Run episodes with this model's inner LM; also the entry point for Python callers."""
+        config = AgentConfig(options.method, options.dataset, options.max_steps, options.max_gen_toks)
+        tool = None
+        if options.method in ("react", "reflexion", "ft"):
+            if options not in self._tools:  # one tool (and its index/cache) per option set, reused
+                self._tools[options] = make_agent_tool(options)
+            tool = self._tools[options]
+        return run_episodes(episodes, self._generate, config, tool=tool, count_tokens=self._count_tokens, chat=self._chat(options))
+
+    def _generate(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
+        requests = [Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i, context in enumerate(contexts)]
+        return self.inner.generate_until(requests, disable_tqdm=True)
+
+    def _count_tokens(self, text: str) -> int:
+        encode = getattr(self.inner, "tok_encode", None)
+        try:
+            return len(encode(text)) if encode else len(text.split())
+        except Exception:  # API models without a local tokenizer: count words rather than fail
+            return len(text.split())
+
+    def _chat(self, options: AgentOptions):
+        if options.method != "ft" or options.template == "alpaca":
+            return None
+        tokenizer = getattr(self.inner, "tokenizer", None)
+        has_template = bool(getattr(tokenizer, "chat_template", None)) or self.inner_name.endswith("chat-completions")
+        if options.template == "chat" and not has_template:
+            raise ValueError("template=chat but the inner model has no chat template")
+        return self.inner.apply_chat_template if has_template else None
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self.inner.loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self.inner.loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def apply_chat_template(self, chat_history, add_generation_prompt: bool = True):
+        return self.inner.apply_chat_template(chat_history, add_generation_prompt)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.inner, "tokenizer_name", self.inner_name)
+
+    def get_model_info(self) -> dict:
+        info = getattr(self.inner, "get_model_info", lambda: {})()
+        return {**info, "fireact_inner": self.inner_name}
