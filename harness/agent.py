@@ -40,6 +40,7 @@ class AgentConfig:
 class Episode:
     key: str  # stable question id: seeds the tool noise
     question: str
+    context: str = ""  # method "text": the prompt as the task built it
     steps: list[Step] = field(default_factory=list)
     raw: str = ""  # the single generation of io/cot
     answer: str | None = None
@@ -84,13 +85,13 @@ def run_episodes(
     """Run all episodes to the end; returns them (mutated) in the same order."""
     if config.method in methods.TOOL_METHODS and tool is None:
         raise ValueError(f"method {config.method!r} needs a search tool")
-    single = config.method in ("io", "cot")
+    single = config.method in methods.SINGLE_METHODS
     gen_kwargs = {"until": methods.stop_sequences(config.method), "max_gen_toks": config.max_gen_toks, "do_sample": False}
     live = list(episodes)
     for _ in range(1 if single else config.max_steps):
         if not live:
             break
-        contexts = [methods.build_context(config.method, config.dataset, ep.question, ep.steps, chat=chat) for ep in live]
+        contexts = [ep.context or methods.build_context(config.method, config.dataset, ep.question, ep.steps, chat=chat) for ep in live]
         started = time.perf_counter()
         outputs = generate(contexts, gen_kwargs)
         share = (time.perf_counter() - started) / len(live)

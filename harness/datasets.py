@@ -129,4 +129,5 @@ def load(dataset: str = "hotpotqa", **kwargs) -> dict:
     options = {k: kwargs[k] for k in ("subset", "source", "subject", "path", "kind") if k in kwargs}
     if dataset == "jsonl" and "path" not in options:
         raise ValueError("the fireact_jsonl tasks need a question file: --metadata '{\"path\": \"questions.jsonl\"}'")
-    return {"test": datasets.Dataset.from_list(load_docs(dataset, **options))}
+    docs = [{**doc, "dataset": dataset} for doc in load_docs(dataset, **options)]  # the prompt set to use
+    return {"test": datasets.Dataset.from_list(docs)}

@@ -28,9 +28,11 @@ REFLECT_AT = {
 # Few-shot prompt files in FireAct's release, per dataset; Bamboogle and user JSONL use HotpotQA's.
 PROMPT_DATASET = {"hotpotqa": "hotpotqa", "bamboogle": "hotpotqa", "jsonl": "hotpotqa", "strategyqa": "strategyqa", "mmlu": "mmlu"}
 TOOL_METHODS = ("react", "reflexion", "ft")
+# "text": one generation from a prompt the task already built (io/cot tasks, which plain lm-eval models run too)
 # How FireAct's prompts (few-shot) and fine-tuning data (ft) introduce a question of each dataset.
 QUESTION_PREFIX = {"strategyqa": {"fewshot": "Yes or no: ", "ft": ""}, "mmlu": {"fewshot": "Single choice: ", "ft": "Question: "}}
-METHODS = ("io", "cot") + TOOL_METHODS
+SINGLE_METHODS = ("io", "cot", "text")
+METHODS = SINGLE_METHODS + TOOL_METHODS
 
 _ACTION = re.compile(r"\b(search|finish)\[(.*?)\]", re.IGNORECASE | re.DOTALL)
 _LABELLED = re.compile(r"^\s*Action(?:\s*\d+)?\s*:\s*(.*)$", re.IGNORECASE | re.MULTILINE)
@@ -104,7 +106,9 @@ def split_trajectory(text: str) -> list[Step]:
 
 
 def parse_answer(method: str, text: str) -> tuple[str | None, list[str]]:
-    """The final answer of a single-generation method (io, cot) and its format errors."""
+    """The final answer of a single-generation method (io, cot, text) and its format errors."""
+    if method == "text":  # either style: an Answer: line or a finish[...] marks CoT, else IO's first line
+        return parse_answer("cot" if re.search(r"Answer\s*:|finish\[", text, re.I) else "io", text)
     if method == "cot":
         match = re.search(r"Answer\s*:\s*(.*)", text)
         if match:
@@ -116,7 +120,7 @@ def parse_answer(method: str, text: str) -> tuple[str | None, list[str]]:
     if method == "io":
         answer = re.sub(r"^\s*Answer\s*:\s*", "", text.strip().split("\n")[0]).strip()
         return (answer, []) if answer else (None, ["empty"])
-    raise ValueError(f"method {method!r} has no single-generation answer; known: io, cot")
+    raise ValueError(f"method {method!r} has no single-generation answer; known: {SINGLE_METHODS}")
 
 
 @lru_cache(maxsize=None)
@@ -132,7 +136,7 @@ def fewshot_prompt(method: str, dataset: str) -> str:
 
 def stop_sequences(method: str) -> list[str]:
     # A turn never holds a blank line: past one, small models start inventing the next question.
-    return ["\n\n"] if method in ("io", "cot") else ["\nObservation", "Observation:", "\n\n"]
+    return ["\n\n"] if method in SINGLE_METHODS else ["\nObservation", "Observation:", "\n\n"]
 
 
 def build_context(method: str, dataset: str, question: str, steps: list[Step], *, chat=None) -> str:

@@ -109,14 +109,18 @@ class FireActLM(LM):
         parsed = []
         for i, request in enumerate(requests):
             context, gen_kwargs = request.args
-            options, _ = AgentOptions.from_gen_kwargs(gen_kwargs)
+            options, rest = AgentOptions.from_gen_kwargs(gen_kwargs)
+            if NAMESPACE not in gen_kwargs and not any(k.startswith(NAMESPACE + ".") for k in gen_kwargs):
+                # no agent asked for (io/cot tasks): one generation from the task's own prompt
+                options = AgentOptions(method="text", max_gen_toks=int(rest.get("max_gen_toks", 256)))
             parsed.append((context, request.doc or {}))
             groups.setdefault(options, []).append(i)
         responses: list[str] = [""] * len(requests)
         for options, indices in groups.items():
             episodes = [
-                Episode(key=str(parsed[i][1].get("id", parsed[i][0])), question=str(parsed[i][1].get("question", parsed[i][0])))
-                for i in indices
+                Episode(key=str(doc.get("id", context)), question=str(doc.get("question", context)),
+                        context=context if options.method == "text" else "")
+                for context, doc in (parsed[i] for i in indices)
             ]
             self.run(episodes, options)
             for i, episode in zip(indices, episodes):

@@ -27,11 +27,14 @@ def task_name(dataset: str, method: str, noise: str) -> str:
 
 
 def task(dataset: str, method: str, noise: str, dataset_kwargs: dict, agent_dataset: str) -> dict:
-    tags = ["fireact", f"fireact_{dataset}_all", f"fireact_method_{method}", f"fireact_noise_{noise}"]
+    if METHODS[method] == 1:  # single generation: the prompt is the task's, so plain lm-eval models run it too
+        return {"include": "_fireact_yaml", "task": task_name(dataset, method, noise), "tag": tags_of(dataset, method, noise),
+                "dataset_kwargs": dataset_kwargs, "doc_to_text": f"!function utils.{method}_prompt",
+                "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 256}}
     return {
         "include": "_fireact_yaml",
         "task": task_name(dataset, method, noise),
-        "tag": tags,
+        "tag": tags_of(dataset, method, noise),
         "dataset_kwargs": dataset_kwargs,
         "generation_kwargs": {
             "until": ["\n\n"],
@@ -39,6 +42,10 @@ def task(dataset: str, method: str, noise: str, dataset_kwargs: dict, agent_data
             "fireact": {"method": method, "dataset": agent_dataset, "max_steps": METHODS[method], "noise": noise},
         },
     }
+
+
+def tags_of(dataset: str, method: str, noise: str) -> list[str]:
+    return ["fireact", f"fireact_{dataset}_all", f"fireact_method_{method}", f"fireact_noise_{noise}"]
 
 
 def main() -> None:
@@ -49,7 +56,10 @@ def main() -> None:
             for noise in NOISES if METHODS[method] > 1 else ("clean",):
                 config = task(dataset, method, noise, kwargs, agent_dataset)
                 path = HERE / f"{config['task']}.yaml"
-                path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+                text = yaml.safe_dump(config, sort_keys=False)
+                # PyYAML cannot write lm-eval's !function tag; it is written as a plain string and unquoted here
+                text = text.replace("'!function ", "!function ").replace("_prompt'", "_prompt")
+                path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,13 @@
 """Hooks the task YAMLs name with !function: the dataset loader, the answer filter and the scorer."""
 from __future__ import annotations
 
-import re
-
 from fireact_bench import datasets
 from fireact_bench.agent import read_summary
+from fireact_bench.methods import build_context, parse_answer
 from fireact_bench.scoring import score
 
 load = datasets.load
 EPISODE_METRICS = ("steps", "finished", "format_errors", "tool_calls", "cache_hits", "prompt_tokens", "gen_tokens", "wall_s")
-
-
-def _plain_answer(text: str) -> str | None:
-    """A plain lm-eval model's single output (io/cot run without the agent): finish[...], Answer: ..., or line 1."""
-    finish = re.findall(r"finish\[(.*?)\]", text, flags=re.IGNORECASE | re.DOTALL)
-    if finish:
-        return finish[0].strip()
-    answer = re.search(r"Answer\s*:\s*(.*)", text)
-    if answer:
-        return answer.group(1).strip()
-    first = text.strip().split("\n")[0].strip()
-    return first or None
 
 
 def episode_of(response: str) -> dict:
@@ -28,9 +15,17 @@ def episode_of(response: str) -> dict:
     transcript, summary = read_summary(response)
     if summary is not None:
         return summary
-    answer = _plain_answer(transcript)
-    return {"answer": answer, "finished": answer is not None, "steps": 1, "format_errors": int(answer is None),
+    answer, errors = parse_answer("text", transcript)
+    return {"answer": answer, "finished": answer is not None, "steps": 1, "format_errors": len(errors),
             "tool_calls": 0, "cache_hits": 0, "prompt_tokens": 0, "gen_tokens": len(transcript.split()), "wall_s": 0.0}
+
+
+def io_prompt(doc: dict) -> str:
+    return build_context("io", doc["dataset"], doc["question"], [])
+
+
+def cot_prompt(doc: dict) -> str:
+    return build_context("cot", doc["dataset"], doc["question"], [])
 
 
 def extract_episode(resps, docs):

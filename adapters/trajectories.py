@@ -1,0 +1,334 @@
+"""One schema for teacher trajectories, FireAct's release imported into it, validation, and a safe JSONL store.
+
+A trajectory is one question answered by one teacher with one method (ReAct, CoT, Reflexion):
+a list of steps {thought, action, argument, observation}, the final answer and the reward.
+FireAct's release (alpaca json, gpt jsonl) has known defects; `validate` names them and
+`load_validated` counts every excluded trajectory under its reasons (nothing is dropped silently).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from fireact_bench.methods import split_trajectory
+
+METHODS = ("react", "cot", "reflexion")
+DATASETS = ("hotpotqa", "strategyqa", "mmlu")
+ACTIONS = ("search", "finish")
+# Phrases FireAct's Reflexion-style runs inject after 5 / 9 unsolved steps.
+REFLEXION_MARKERS = ("let me do a reflection", "how to improve my strategy",
+                     "I need to wrap up", "haven't solved the task within")
+_REWARD_LINE = re.compile(r"^Observation: Episode finished, reward = (.*?)\s*$", re.M)
+_OPTION_LINE = re.compile(r"^[A-D]\. ", re.M)
+
+
+@dataclass
+class Trajectory:
+    question_id: str
+    dataset: str
+    split: str
+    method: str
+    teacher: str
+    search_backend: str
+    seed: int  # sample index: the n-th trajectory of this teacher/method for this question
+    question: str
+    steps: list[dict]  # {thought, action, argument, observation}
+    answer: str | None
+    reward: bool | None
+    source: str  # file:line it came from
+    problems: list[str] = field(default_factory=list)  # defects seen while parsing (not visible in steps)
+    reasons: list[str] = field(default_factory=list)  # set by load_validated(keep_invalid=True)
+
+    @property
+    def key(self) -> str:
+        """Identity in a JSONL store: a rerun with the same key is skipped, never duplicated."""
+        return f"{self.question_id}:{self.method}:{self.teacher}:{self.search_backend}:{self.seed}"
+
+    def content_hash(self) -> str:
+        body = json.dumps([self.question, self.steps, self.answer], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Trajectory":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING} - data.keys()
+        if missing or data.keys() - names:
+            raise ValueError(f"missing fields {sorted(missing)}, unknown fields {sorted(data.keys() - names)}")
+        return cls(**data)
+
+
+def question_id(dataset: str, question: str) -> str:
+    return hashlib.sha1(f"{dataset}\n{question.strip()}".encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- import of FireAct's release
+
+def import_fireact(path: str | os.PathLike) -> list[Trajectory]:
+    """FireAct's alpaca .json or gpt .jsonl as Trajectories (teacher gpt-4, search backend serpapi, split train).
+
+    Dataset heuristic (the release has no dataset field):
+      * mmlu: the question starts with "Question:" / "Single choice" or carries lettered option lines
+        ("A. ..."); the alpaca files put those option lines at the start of the output, they are moved
+        back into the question;
+      * hotpotqa: any question of a hotpotqa* file, and in multitask files a question that also occurs in
+        a sibling hotpotqa*.json(l) file (the multitask release is the HotpotQA release plus the others);
+        without such a sibling, a True/False reward (the HotpotQA environment's EM) or a non yes/no answer;
+      * strategyqa: the remaining multitask questions (yes/no answers, 1/0 rewards).
+    Method: reflexion when a Reflexion marker phrase occurs, cot when no search was made, else react.
+    """
+    path = Path(path)
+    records = list(_read_release(path))
+    hotpot_questions = _sibling_hotpot_questions(path)
+    seen: Counter = Counter()
+    out = []
+    for line, question, body in records:
+        option_prefix, body = _split_option_prefix(body)
+        if option_prefix:
+            question = f"{question.rstrip()}\n{option_prefix.rstrip()}"
+        traj = _parse_body(path, line, question, body, hotpot_questions)
+        occurrence = (traj.question_id, traj.method)
+        traj.seed = seen[occurrence]
+        seen[occurrence] += 1
+        out.append(traj)
+    return out
+
+
+def _read_release(path: Path) -> Iterable[tuple[int, str, str]]:
+    """(line, question, trajectory text) from either release format."""
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of {{instruction, input, output}}")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or not {"instruction", "output"} <= row.keys():
+                raise ValueError(f"{path}: item {i} is not an {{instruction, input, output}} record")
+            question = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
+            yield i, question, row["output"]
+    elif path.suffix == ".jsonl":
+        with open(path) as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    messages = json.loads(raw)["messages"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise ValueError(f"{path}:{lineno}: not a {{\"messages\": [...]}} record ({err})") from err
+                # A record may start with the assistant (the question was lost in the release).
+                question = messages[0]["content"] if messages and messages[0]["role"] == "user" else ""
+                turns = messages[1:] if question else messages
+                yield lineno, question, "".join(m["content"].rstrip("\n") + "\n" for m in turns)
+    else:
+        raise ValueError(f"{path}: unknown FireAct format (expected .json alpaca or .jsonl gpt)")
+
+
+def _split_option_prefix(body: str) -> tuple[str, str]:
+    """Lettered option lines that precede the first Thought (alpaca MMLU records) and the rest."""
+    start = body.find("Thought:")
+    prefix = body[:start] if start > 0 else ""
+    if prefix and _OPTION_LINE.search(prefix):
+        return prefix, body[start:]
+    return "", body
+
+
+def _sibling_hotpot_questions(path: Path) -> set[str] | None:
+    if path.name.startswith("hotpotqa"):
+        return None
+    siblings = sorted(path.parent.glob(f"hotpotqa*{path.suffix}"))
+    questions = set()
+    for sibling in siblings:
+        questions |= {q.strip() for _, q, _ in _read_release(sibling)}
+    return questions if siblings else None
+
+
+def _infer_dataset(path: Path, question: str, answer: str | None, reward_text: str | None,
+                   hotpot_questions: set[str] | None) -> str:
+    if question.lstrip().startswith(("Question:", "Single choice")) or _OPTION_LINE.search(question):
+        return "mmlu"
+    if path.name.startswith("hotpotqa"):
+        return "hotpotqa"
+    if hotpot_questions is not None:
+        return "hotpotqa" if question.strip() in hotpot_questions else "strategyqa"
+    if reward_text in ("True", "False") or (answer or "").strip().lower() not in ("yes", "no"):
+        return "hotpotqa"
+    return "strategyqa"
+
+
+def _infer_method(body: str, steps: list[dict]) -> str:
+    if any(marker in body for marker in REFLEXION_MARKERS):
+        return "reflexion"
+    return "react" if any(s["action"] == "search" for s in steps) else "cot"
+
+
+def _parse_reward(text: str) -> bool | None:
+    value = text.strip().rstrip(".").strip()
+    if value in ("True", "1"):
+        return True
+    if value in ("False", "0"):
+        return False
+    return None
+
+
+def _parse_body(path: Path, line: int, question: str, body: str, hotpot_questions) -> Trajectory:
+    problems = []
+    rewards = _REWARD_LINE.findall(body)
+    if len(set(rewards)) > 1:
+        problems.append("multiple_reward")
+    reward = _parse_reward(rewards[-1]) if rewards else None
+    steps = []
+    for step in split_trajectory(body):
+        if step.errors:
+            problems.append("malformed_action")
+        steps.append({"thought": step.thought, "action": step.action,
+                      "argument": step.argument, "observation": step.observation})
+    finishes = [s for s in steps if s["action"] == "finish"]
+    answer = finishes[-1]["argument"] if finishes else None
+    dataset = _infer_dataset(path, question, answer, rewards[-1].strip() if rewards else None, hotpot_questions)
+    return Trajectory(
+        question_id=question_id(dataset, question), dataset=dataset, split="train",
+        method=_infer_method(body, steps), teacher="gpt-4", search_backend="serpapi", seed=0,
+        question=question, steps=steps, answer=answer, reward=reward,
+        source=f"{path}:{line}", problems=sorted(set(problems)))
+
+
+# ---------------------------------------------------------------- validation
+
+def validate(traj: Trajectory) -> list[str]:
+    """Reasons this trajectory is unfit for fine-tuning ([] when fit). Duplicates need the whole set: load_validated."""
+    if not traj.question.strip() or not traj.steps:
+        return ["empty"]
+    reasons = set(traj.problems)
+    # GPT-4 sometimes wrote "Action: finish[..]" on its thought line and then again as the action.
+    finishes = sum(s["action"] == "finish" for s in traj.steps)
+    finishes += sum("Action: finish[" in (s["thought"] or "") for s in traj.steps)
+    if finishes == 0:
+        reasons.add("no_finish")
+    elif finishes > 1 or traj.steps[-1]["action"] != "finish":
+        reasons.add("multiple_finish")
+    if any(s["action"] not in ACTIONS or s["argument"] is None for s in traj.steps):
+        reasons.add("malformed_action")
+    if traj.reward is None:
+        reasons.add("missing_reward")
+    elif traj.reward is False:
+        reasons.add("incorrect")
+    return sorted(reasons)
+
+
+def load_validated(paths: Iterable[str | os.PathLike] | str | os.PathLike, keep_invalid: bool = False
+                   ) -> tuple[list[Trajectory], dict]:
+    """Trajectories of FireAct release files or our JSONL stores, validated.
+
+    The report counts every trajectory: total == kept + excluded, and each excluded one is counted under
+    each of its reasons (by_reason). keep_invalid keeps them all, with `reasons` filled in.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    report = {"files": [], "total": 0, "kept": 0, "excluded": 0, "by_reason": Counter(),
+              "kept_by_dataset": Counter(), "kept_by_method": Counter()}
+    seen: set[str] = set()
+    kept = []
+    for path in paths:
+        trajs = load_any(path)
+        report["files"].append(str(path))
+        for traj in trajs:
+            reasons = validate(traj)
+            digest = traj.content_hash()
+            if digest in seen:
+                reasons = sorted(set(reasons) | {"duplicate"})
+            seen.add(digest)
+            traj.reasons = reasons
+            report["total"] += 1
+            report["by_reason"].update(reasons)
+            if reasons:
+                report["excluded"] += 1
+            else:
+                report["kept"] += 1
+                report["kept_by_dataset"][traj.dataset] += 1
+                report["kept_by_method"][traj.method] += 1
+            if keep_invalid or not reasons:
+                kept.append(traj)
+    for name in ("by_reason", "kept_by_dataset", "kept_by_method"):
+        report[name] = dict(sorted(report[name].items()))
+    return kept, report
+
+
+def load_any(path: str | os.PathLike) -> list[Trajectory]:
+    """Our JSONL store (first line has "question_id") or one of FireAct's release files."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        with open(path) as fh:
+            first = fh.readline()
+        if '"question_id"' in first:
+            return read_jsonl(path)
+    return import_fireact(path)
+
+
+# ---------------------------------------------------------------- JSONL store
+
+def read_jsonl(path: str | os.PathLike) -> list[Trajectory]:
+    path = Path(path)
+    out = []
+    with open(path) as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                out.append(Trajectory.from_dict(json.loads(raw)))
+            except (json.JSONDecodeError, ValueError, TypeError) as err:
+                raise ValueError(f"{path}:{lineno}: not a trajectory record ({err})") from err
+    return out
+
+
+def write_jsonl(path: str | os.PathLike, trajs: Iterable[Trajectory]) -> Path:
+    """Replace the whole file atomically (temp file + os.replace): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        for traj in trajs:
+            fh.write(traj.to_json() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def append_jsonl(path: str | os.PathLike, trajs: Iterable[Trajectory]) -> int:
+    """Append the trajectories whose key is not yet in the file (fsync'd); returns how many were written.
+
+    Resumable: a rerun after a crash skips what is already stored, and a final line cut short by the
+    crash (no trailing newline) is truncated away before appending.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    present: set[str] = set()
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+        present = {t.key for t in read_jsonl(path)}
+    written = 0
+    with open(path, "a") as fh:
+        for traj in trajs:
+            if traj.key in present:
+                continue
+            fh.write(traj.to_json() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            present.add(traj.key)
+            written += 1
+    return written
