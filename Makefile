@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 GRID ?= default
 
-.PHONY: install test benchmark regress leaderboard clean
+.PHONY: install test benchmark clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# Until the grid sweep lands (issue 4) the main job is the paper's prompting baseline on the embedded
+# backbone: few-shot ReAct on FireAct's HotpotQA questions, clean and with a random-result tool.
+BENCH_LIMIT ?= 20
+benchmark: install
+	$(VENV)/bin/fireact-eval --model fireact --model_args inner=hf,pretrained=smollm2-135m-instruct \
+	    --tasks fireact_hotpotqa,fireact_hotpotqa_random --limit $(BENCH_LIMIT) --batch_size 8 \
+	    --output_path results/runs --log_samples
 
 clean:
 	rm -rf $(VENV) build *.egg-info
