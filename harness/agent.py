@@ -8,6 +8,7 @@ limit without finish[...] has no answer, scores 0 and stays in the denominator.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from fireact_bench import methods
 from fireact_bench.methods import Step
 
 # Worded without a literal finish[...]: small models copy an example action straight into their answer.
+log = logging.getLogger(__name__)
 INVALID_ACTION = "Invalid action: the Action line must be search or finish with its argument in square brackets."
 FINISHED = "Episode finished"
 EPISODE_LINE = "Episode: "  # last line of a returned trajectory: the machine-readable summary
@@ -88,7 +90,8 @@ def run_episodes(
     single = config.method in methods.SINGLE_METHODS
     gen_kwargs = {"until": methods.stop_sequences(config.method), "max_gen_toks": config.max_gen_toks, "do_sample": False}
     live = list(episodes)
-    for _ in range(1 if single else config.max_steps):
+    rounds = 1 if single else config.max_steps
+    for round_no in range(1, rounds + 1):
         if not live:
             break
         contexts = [ep.context or methods.build_context(config.method, config.dataset, ep.question, ep.steps, chat=chat) for ep in live]
@@ -110,6 +113,8 @@ def run_episodes(
             _advance(ep, output, generated >= config.max_gen_toks, config, tool)
             ep.wall_s += time.perf_counter() - tool_started
         live = [ep for ep in live if not ep.finished and not single]
+        log.info("%s step %d/%d: %d episodes in %.1fs, %d still running",
+                 config.method, round_no, rounds, len(outputs), share * len(outputs), len(live))
     return episodes
 
 
