@@ -17,8 +17,8 @@ from typing import Callable
 from fireact_bench import methods
 from fireact_bench.methods import Step
 
-# Worded without a literal finish[...]: small models copy an example action straight into their answer.
 log = logging.getLogger(__name__)
+# Worded without a literal finish[...]: small models copy an example action straight into their answer.
 INVALID_ACTION = "Invalid action: the Action line must be search or finish with its argument in square brackets."
 FINISHED = "Episode finished"
 EPISODE_LINE = "Episode: "  # last line of a returned trajectory: the machine-readable summary

@@ -28,9 +28,9 @@ REFLECT_AT = {
 # Few-shot prompt files in FireAct's release, per dataset; Bamboogle and user JSONL use HotpotQA's.
 PROMPT_DATASET = {"hotpotqa": "hotpotqa", "bamboogle": "hotpotqa", "jsonl": "hotpotqa", "strategyqa": "strategyqa", "mmlu": "mmlu"}
 TOOL_METHODS = ("react", "reflexion", "ft")
-# "text": one generation from a prompt the task already built (io/cot tasks, which plain lm-eval models run too)
 # How FireAct's prompts (few-shot) and fine-tuning data (ft) introduce a question of each dataset.
 QUESTION_PREFIX = {"strategyqa": {"fewshot": "Yes or no: ", "ft": ""}, "mmlu": {"fewshot": "Single choice: ", "ft": "Question: "}}
+# "text": one generation from a prompt the task already built (io/cot tasks, which plain lm-eval models run too)
 SINGLE_METHODS = ("io", "cot", "text")
 METHODS = SINGLE_METHODS + TOOL_METHODS
 
@@ -141,6 +141,8 @@ def stop_sequences(method: str) -> list[str]:
 
 def build_context(method: str, dataset: str, question: str, steps: list[Step], *, chat=None) -> str:
     """The text the model continues at the next step. `chat` renders messages with the model's template."""
+    if method == "text":
+        raise ValueError("method 'text' has no prompt of its own: the task supplies the context")
     question = QUESTION_PREFIX.get(dataset, {}).get("ft" if method == "ft" else "fewshot", "") + question
     if method in ("io", "cot"):
         return fewshot_prompt(method, dataset) + question + ("\nAnswer:" if method == "io" else "\nThought:")

@@ -48,11 +48,17 @@ class AgentOptions:
 
     @classmethod
     def from_gen_kwargs(cls, gen_kwargs: dict) -> tuple["AgentOptions", dict]:
-        """Split a request's generation kwargs into our options and the rest (for the inner model)."""
+        """Split a request's generation kwargs into our options and the rest (for the inner model).
+
+        Without the namespaced key no agent was asked for (io/cot tasks): one generation, method "text".
+        """
         rest = dict(gen_kwargs)
+        asked = NAMESPACE in rest or any(k.startswith(NAMESPACE + ".") for k in rest)
         ours = dict(rest.pop(NAMESPACE, None) or {})
         for key in [k for k in rest if k.startswith(NAMESPACE + ".")]:
             ours[key.split(".", 1)[1]] = rest.pop(key)
+        if not asked:
+            ours = {"method": "text", "max_gen_toks": rest.get("max_gen_toks", 256)}
         known = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(ours) - set(known))
         if unknown:
@@ -109,10 +115,7 @@ class FireActLM(LM):
         parsed = []
         for i, request in enumerate(requests):
             context, gen_kwargs = request.args
-            options, rest = AgentOptions.from_gen_kwargs(gen_kwargs)
-            if NAMESPACE not in gen_kwargs and not any(k.startswith(NAMESPACE + ".") for k in gen_kwargs):
-                # no agent asked for (io/cot tasks): one generation from the task's own prompt
-                options = AgentOptions(method="text", max_gen_toks=int(rest.get("max_gen_toks", 256)))
+            options, _ = AgentOptions.from_gen_kwargs(gen_kwargs)
             parsed.append((context, request.doc or {}))
             groups.setdefault(options, []).append(i)
         responses: list[str] = [""] * len(requests)

@@ -9,6 +9,13 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).parent
+
+
+class Function(str):
+    """A YAML `!function module.name` reference, lm-eval's way of naming Python hooks."""
+
+
+yaml.SafeDumper.add_representer(Function, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
 DATASETS = {  # task dataset name -> (dataset_kwargs, the agent's dataset for prompts)
     "hotpotqa": ({"dataset": "hotpotqa", "subset": "fireact500"}, "hotpotqa"),
     "hotpotqa_dev": ({"dataset": "hotpotqa", "subset": "dev"}, "hotpotqa"),
@@ -29,7 +36,7 @@ def task_name(dataset: str, method: str, noise: str) -> str:
 def task(dataset: str, method: str, noise: str, dataset_kwargs: dict, agent_dataset: str) -> dict:
     if METHODS[method] == 1:  # single generation: the prompt is the task's, so plain lm-eval models run it too
         return {"include": "_fireact_yaml", "task": task_name(dataset, method, noise), "tag": tags_of(dataset, method, noise),
-                "dataset_kwargs": dataset_kwargs, "doc_to_text": f"!function utils.{method}_prompt",
+                "dataset_kwargs": dataset_kwargs, "doc_to_text": Function(f"utils.{method}_prompt"),
                 "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 256}}
     return {
         "include": "_fireact_yaml",
@@ -56,10 +63,7 @@ def main() -> None:
             for noise in NOISES if METHODS[method] > 1 else ("clean",):
                 config = task(dataset, method, noise, kwargs, agent_dataset)
                 path = HERE / f"{config['task']}.yaml"
-                text = yaml.safe_dump(config, sort_keys=False)
-                # PyYAML cannot write lm-eval's !function tag; it is written as a plain string and unquoted here
-                text = text.replace("'!function ", "!function ").replace("_prompt'", "_prompt")
-                path.write_text(text, encoding="utf-8")
+                path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 if __name__ == "__main__":

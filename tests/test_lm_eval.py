@@ -116,3 +116,8 @@ def test_unknown_option_is_named():
         AgentOptions.from_gen_kwargs({"fireact": {"methd": "react"}})
     options, rest = AgentOptions.from_gen_kwargs({"fireact": {"method": "cot"}, "fireact.noise": None, "until": ["x"]})
     assert (options.method, options.noise, rest) == ("cot", "none", {"until": ["x"]})
+
+
+def test_no_namespaced_key_means_one_generation_from_the_tasks_prompt():
+    options, rest = AgentOptions.from_gen_kwargs({"until": ["\n\n"], "max_gen_toks": 64})
+    assert (options.method, options.max_gen_toks, rest) == ("text", 64, {"until": ["\n\n"], "max_gen_toks": 64})
