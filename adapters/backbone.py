@@ -36,7 +36,7 @@ def _gguf_parts(dists: list[str]) -> list[Path]:
 
 def _materialise(name: str) -> Path:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     parts = _gguf_parts(EMBEDDED[name])
     target = cache_dir() / "models" / name

@@ -9,16 +9,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib.metadata as md
 import json
 import os
-import platform
 import random
 import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fireact_bench.adapters.backbone import DEFAULT_BACKBONE, model_fingerprint, resolve_model
@@ -26,6 +24,7 @@ from fireact_bench.adapters.sft_data import (IGNORE, METHOD_MIXES, TASK_MIXES, T
                                              tokenize_set, write_training_jsonl)
 from fireact_bench.adapters.trajectories import Trajectory, load_validated
 from fireact_bench.paths import cache_dir, data_file
+from fireact_bench.store import versions, write_json
 
 
 @dataclass
@@ -122,23 +121,6 @@ def _load_model(config: FinetuneConfig, path: str):
     return model
 
 
-def _versions() -> dict:
-    names = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "fireact-bench")
-    out = {"python": platform.python_version()}
-    for name in names:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
-
-
 def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_dir: str | os.PathLike,
              *, size: int | None = None, methods: str = "react", tasks: str = "hotpotqa",
              callbacks: list | None = None) -> Path:
@@ -217,9 +199,9 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
         # ru_maxrss is KiB on Linux: the peak of this whole process, model loading included
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-        "device": "cuda" if cuda else "cpu", "versions": _versions(), "argv": sys.argv,
+        "device": "cuda" if cuda else "cpu", "versions": versions(), "argv": sys.argv,
     }
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return out_dir
 
 
@@ -269,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.prepare_only:
         write_training_jsonl(out / "train.jsonl", ts)
-        _write_json(out / "validation_report.json", report)
+        write_json(out / "validation_report.json", report)
         print(out / "train.jsonl")
         return 0
-    _write_json(out / "validation_report.json", report)
+    write_json(out / "validation_report.json", report)
     print(finetune(ts, config, out))
     return 0

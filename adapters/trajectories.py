@@ -49,7 +49,7 @@ class Trajectory:
     @property
     def key(self) -> str:
         """Identity in a JSONL store: a rerun with the same key is skipped, never duplicated."""
-        return f"{self.question_id}:{self.method}:{self.teacher}:{self.search_backend}:{self.seed}"
+        return trajectory_key(self.question_id, self.method, self.teacher, self.search_backend, self.seed)
 
     def content_hash(self) -> str:
         body = json.dumps([self.question, self.steps, self.answer], sort_keys=True, ensure_ascii=False)
@@ -66,6 +66,10 @@ class Trajectory:
         if missing or data.keys() - names:
             raise ValueError(f"missing fields {sorted(missing)}, unknown fields {sorted(data.keys() - names)}")
         return cls(**data)
+
+
+def trajectory_key(question_id: str, method: str, teacher: str, search_backend: str, seed: int) -> str:
+    return f"{question_id}:{method}:{teacher}:{search_backend}:{seed}"
 
 
 def question_id(dataset: str, question: str) -> str:

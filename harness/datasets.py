@@ -10,7 +10,6 @@ import csv
 import hashlib
 import json
 import random
-from pathlib import Path
 
 from fireact_bench.paths import data_dir, data_file
 
@@ -23,20 +22,22 @@ def _doc(id_, question, answer, kind="qa", **extra) -> dict:
 
 
 def hotpotqa(subset: str = "fireact500", source: str = "fireact") -> list[dict]:
-    """HotpotQA dev (distractor). `fireact500` is FireAct's 500-question evaluation subset."""
-    if source == "hub":
+    """HotpotQA (distractor). Subsets of dev: `fireact500` (FireAct's evaluation questions), `dev` (all),
+    `dev_rest` (dev without the 500: training questions that never meet the evaluation); `train` (hub)."""
+    if subset not in ("fireact500", "dev", "dev_rest", "train"):
+        raise ValueError(f"hotpotqa subset {subset!r}: known fireact500, dev, dev_rest, train")
+    if source == "hub" or subset == "train":
         import datasets
 
-        rows = datasets.load_dataset("hotpotqa/hotpot_qa", "distractor", split="validation")
+        split = "train" if subset == "train" else "validation"
+        rows = datasets.load_dataset("hotpotqa/hotpot_qa", "distractor", split=split)
         dev = [{"question": r["question"], "answer": r["answer"]} for r in rows]
     else:
         dev = json.loads(data_file("data/hotpotqa/dev.json").read_text(encoding="utf-8"))
     indices = list(range(len(dev)))
-    if subset == "fireact500":
+    if subset in ("fireact500", "dev_rest"):
         random.Random(FIREACT_HOTPOTQA_SEED).shuffle(indices)
-        indices = indices[:FIREACT_HOTPOTQA_N]
-    elif subset != "dev":
-        raise ValueError(f"hotpotqa subset {subset!r}: known fireact500, dev")
+        indices = indices[:FIREACT_HOTPOTQA_N] if subset == "fireact500" else sorted(indices[FIREACT_HOTPOTQA_N:])
     return [_doc(i, dev[i]["question"], dev[i]["answer"]) for i in indices]
 
 
@@ -51,35 +52,41 @@ def bamboogle(source: str = "fireact") -> list[dict]:
     return [_doc(i, r["Question"], r["Answer"]) for i, r in enumerate(rows)]
 
 
-def strategyqa(source: str = "fireact") -> list[dict]:
+def strategyqa(split: str = "dev", source: str = "fireact") -> list[dict]:
+    """StrategyQA: FireAct's dev questions (evaluation) or its filtered train questions (teacher runs)."""
+    files = {"dev": "strategyqa_dev.json", "train": "strategyqa_train_filtered.json"}
+    if split not in files:
+        raise ValueError(f"strategyqa split {split!r}: known {', '.join(files)}")
     if source == "hub":
         import datasets
 
-        rows = list(datasets.load_dataset("ChilleD/StrategyQA", split="test"))
+        rows = list(datasets.load_dataset("ChilleD/StrategyQA", split="test" if split == "dev" else "train"))
     else:
-        rows = json.loads(data_file("data/strategyqa/strategyqa_dev.json").read_text(encoding="utf-8"))
+        rows = json.loads(data_file(f"data/strategyqa/{files[split]}").read_text(encoding="utf-8"))
     return [_doc(r["qid"], r["question"], "yes" if r["answer"] else "no", kind="yesno") for r in rows]
 
 
-def mmlu(subject: str = "all", source: str = "fireact") -> list[dict]:
-    """MMLU test, one subject or all; the question carries its lettered options."""
+def mmlu(subject: str = "all", split: str = "test", source: str = "fireact") -> list[dict]:
+    """MMLU, one subject or all, split test (evaluation) or dev/val; the question carries its lettered options."""
+    if split not in ("test", "dev", "val"):
+        raise ValueError(f"mmlu split {split!r}: known test, dev, val")
     if source == "hub":
         import datasets
 
-        rows = datasets.load_dataset("cais/mmlu", subject, split="test")
+        rows = datasets.load_dataset("cais/mmlu", subject, split={"val": "validation"}.get(split, split))
         items = [(r.get("subject", subject), r["question"], r["choices"], MMLU_LETTERS[r["answer"]]) for r in rows]
     else:
-        folder = data_dir() / "data" / "mmlu" / "test"
-        files = sorted(folder.glob("*_test.csv")) if subject == "all" else [data_file(f"data/mmlu/test/{subject}_test.csv")]
+        folder = data_dir() / "data" / "mmlu" / split
+        files = sorted(folder.glob(f"*_{split}.csv")) if subject == "all" else [data_file(f"data/mmlu/{split}/{subject}_{split}.csv")]
         if not files:
-            raise FileNotFoundError(f"no MMLU test files in {folder}")
+            raise FileNotFoundError(f"no MMLU {split} files in {folder}")
         items = []
         for path in files:
             with open(path, newline="", encoding="utf-8") as fh:
                 for line_no, row in enumerate(csv.reader(fh), 1):
                     if len(row) != 6 or row[5] not in MMLU_LETTERS:
                         raise ValueError(f"{path}:{line_no}: expected question, A, B, C, D, answer letter")
-                    items.append((path.name[: -len("_test.csv")], row[0], row[1:5], row[5]))
+                    items.append((path.name[: -len(f"_{split}.csv")], row[0], row[1:5], row[5]))
     docs = []
     for i, (subj, question, choices, answer) in enumerate(items):
         options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(MMLU_LETTERS, choices))
@@ -126,7 +133,7 @@ def load(dataset: str = "hotpotqa", **kwargs) -> dict:
     """lm-eval `custom_dataset` entry: kwargs are dataset_kwargs plus --metadata; unknown ones are ignored."""
     import datasets
 
-    options = {k: kwargs[k] for k in ("subset", "source", "subject", "path", "kind") if k in kwargs}
+    options = {k: kwargs[k] for k in ("subset", "split", "source", "subject", "path", "kind") if k in kwargs}
     if dataset == "jsonl" and "path" not in options:
         raise ValueError("the fireact_jsonl tasks need a question file: --metadata '{\"path\": \"questions.jsonl\"}'")
     docs = [{**doc, "dataset": dataset} for doc in load_docs(dataset, **options)]  # the prompt set to use

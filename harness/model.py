@@ -78,9 +78,15 @@ def make_agent_tool(options: AgentOptions):
     return make_tool(options.tool, noise=options.noise, p=options.noise_p, seed=options.seed, **extra)
 
 
+def _cut(text: str, stops: list[str]) -> str:
+    ends = [text.find(stop) for stop in stops if stop and stop in text]
+    return text[: min(ends)] if ends else text
+
+
 @register_model(NAMESPACE)
 class FireActLM(LM):
-    def __init__(self, inner: str = "hf", inner_lm: LM | None = None, additional_config: dict | None = None, **inner_args):
+    def __init__(self, inner: str = "hf", inner_lm: LM | None = None, additional_config: dict | None = None,
+                 reuse_kv: bool | str = True, **inner_args):
         super().__init__()
         if inner_lm is None:
             for key in ("pretrained", "peft"):
@@ -94,6 +100,18 @@ class FireActLM(LM):
             inner_lm = get_model(inner).create_from_arg_obj(inner_args, extra)
         self.inner = inner_lm
         self.inner_name = inner
+        from lm_eval.models.openai_completions import LocalChatCompletion
+
+        self._chat_api = isinstance(inner_lm, LocalChatCompletion)
+        self._kv = None  # HF models: greedy turns reuse the cached few-shot prompt and episode so far
+        if str(reuse_kv).lower() not in ("false", "0", "no"):
+            from lm_eval.models.huggingface import HFLM
+
+            if isinstance(inner_lm, HFLM):
+                from fireact_bench.kv_reuse import KVReuseGenerator
+
+                self._kv = KVReuseGenerator(inner_lm.model, inner_lm.tokenizer, inner_lm.device,
+                                            inner_lm.max_length, inner_lm.tok_encode)
         self._tools: dict[AgentOptions, object] = {}
 
     @classmethod
@@ -140,16 +158,28 @@ class FireActLM(LM):
             tool = self._tools[options]
         return run_episodes(episodes, self._generate, config, tool=tool, count_tokens=self._count_tokens, chat=self._chat(options))
 
-    def _generate(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
-        requests = [Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i, context in enumerate(contexts)]
-        return self.inner.generate_until(requests, disable_tqdm=True)
+    def _generate(self, contexts: list, gen_kwargs: dict) -> list[str]:
+        if self._kv is not None and not gen_kwargs.get("do_sample"):
+            return self._kv.generate(contexts, gen_kwargs.get("until") or [], gen_kwargs.get("max_gen_toks", 256))
+        if self._chat_api and contexts and isinstance(contexts[0], str):
+            # A chat API takes messages: the whole few-shot prompt is one user turn, as FireAct sent GPT-4.
+            from lm_eval.models.api_models import JsonChatStr
 
-    def _count_tokens(self, text: str) -> int:
+            contexts = [JsonChatStr(json.dumps([{"role": "user", "content": c}], ensure_ascii=False)) for c in contexts]
+        requests = [Instance("generate_until", {}, (context, dict(gen_kwargs)), i) for i, context in enumerate(contexts)]
+        outputs = self.inner.generate_until(requests, disable_tqdm=True)
+        # Cut at the stop sequences here too: some inner models drop them (lm-eval's OpenAI chat model sends
+        # no `stop` for any model name containing "5", gpt-3.5 included), and a turn must end where ours do.
+        return [_cut(out or "", gen_kwargs.get("until") or []) for out in outputs]
+
+    def _count_tokens(self, text) -> int:
+        text = getattr(text, "prompt", text)  # a chat API's JsonChatStr
         encode = getattr(self.inner, "tok_encode", None)
         try:
-            return len(encode(text)) if encode else len(text.split())
+            ids = encode(text) if encode else None
         except Exception:  # API models without a local tokenizer: count words rather than fail
-            return len(text.split())
+            ids = None
+        return len(ids) if isinstance(ids, list) else len(str(text).split())
 
     def _chat(self, options: AgentOptions):
         if options.method != "ft" or options.template == "alpaca":

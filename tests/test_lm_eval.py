@@ -5,39 +5,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from lm_eval.api.model import LM
+from scripted_lm import ScriptedLM
 
 from fireact_bench.cli import evaluate
 from fireact_bench.model import AgentOptions
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
-
-
-class ScriptedLM(LM):
-    """Searches once, then finishes with the observation's first word; records every batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.batches = []
-
-    def generate_until(self, requests, disable_tqdm=False):
-        self.batches.append(len(requests))
-        outputs = []
-        for request in requests:
-            context, gen_kwargs = request.args
-            assert not any(k.startswith("fireact") for k in gen_kwargs), "namespaced key reached the inner model"
-            tail = context.rsplit("### Response:\n", 1)[-1] if "### Response:" in context else context.rsplit("\n\n\n", 1)[-1]
-            if "Observation:" not in tail:
-                outputs.append("Thought: look it up\nAction: search[capital of France]")
-            else:
-                outputs.append(f"Thought: found it\nAction: finish[{tail.split('Observation:')[-1].split()[0]}]")
-        return outputs
-
-    def loglikelihood(self, requests, disable_tqdm=False):
-        raise NotImplementedError
-
-    def loglikelihood_rolling(self, requests, disable_tqdm=False):
-        raise NotImplementedError
 
 
 @pytest.fixture
