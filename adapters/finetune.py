@@ -212,6 +212,21 @@ def _release_file(methods: str, tasks: str) -> Path:
     return data_file(f"data/finetune/alpaca_format/{stem}{suffix}.json")
 
 
+def plan_training(config: FinetuneConfig, *, methods: str = "react", tasks: str = "hotpotqa", size: int | None = None,
+                  data: list | None = None) -> tuple[FinetuneConfig, TrainingSet, dict]:
+    """(config with its format resolved, training set, validation report), before any training.
+
+    data: FireAct release files or trajectory JSONL; default: FireAct's release file of the mix."""
+    from transformers import AutoTokenizer
+
+    trajs, report = load_validated(data or [_release_file(methods, tasks)])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.base_model))
+    config = dataclasses.replace(config, fmt=resolve_fmt(config.fmt, tokenizer))
+    ts = build_training_set(trajs, size=size, methods=methods, tasks=tasks, seed=config.seed, fmt=config.fmt,
+                            tokenizer=tokenizer)
+    return config, ts, report
+
+
 def resolve_fmt(fmt: str, tokenizer) -> str:
     if fmt == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
@@ -238,15 +253,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in dataclasses.fields(FinetuneConfig)}}
     config = preset(args.preset, **overrides)
-    paths = args.data or [_release_file(args.methods, args.tasks)]
-    trajs, report = load_validated(paths)
+    config, ts, report = plan_training(config, methods=args.methods, tasks=args.tasks, size=args.size, data=args.data)
     print(json.dumps({"validation": report}, indent=2))
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.base_model))
-    config = dataclasses.replace(config, fmt=resolve_fmt(config.fmt, tokenizer))
-    ts = build_training_set(trajs, size=args.size, methods=args.methods, tasks=args.tasks, seed=config.seed,
-                            fmt=config.fmt, tokenizer=tokenizer)
     out = Path(args.out) if args.out else cache_dir() / "finetuned" / run_id(config, ts.data_hash)
     out.mkdir(parents=True, exist_ok=True)
     if args.prepare_only:

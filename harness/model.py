@@ -159,8 +159,9 @@ class FireActLM(LM):
         return run_episodes(episodes, self._generate, config, tool=tool, count_tokens=self._count_tokens, chat=self._chat(options))
 
     def _generate(self, contexts: list, gen_kwargs: dict) -> list[str]:
+        until = gen_kwargs.get("until") or []
         if self._kv is not None and not gen_kwargs.get("do_sample"):
-            return self._kv.generate(contexts, gen_kwargs.get("until") or [], gen_kwargs.get("max_gen_toks", 256))
+            return [_cut(out, until) for out in self._kv.generate(contexts, until, gen_kwargs.get("max_gen_toks", 256))]
         if self._chat_api and contexts and isinstance(contexts[0], str):
             # A chat API takes messages: the whole few-shot prompt is one user turn, as FireAct sent GPT-4.
             from lm_eval.models.api_models import JsonChatStr
@@ -170,7 +171,7 @@ class FireActLM(LM):
         outputs = self.inner.generate_until(requests, disable_tqdm=True)
         # Cut at the stop sequences here too: some inner models drop them (lm-eval's OpenAI chat model sends
         # no `stop` for any model name containing "5", gpt-3.5 included), and a turn must end where ours do.
-        return [_cut(out or "", gen_kwargs.get("until") or []) for out in outputs]
+        return [_cut(out or "", until) for out in outputs]
 
     def _count_tokens(self, text) -> int:
         text = getattr(text, "prompt", text)  # a chat API's JsonChatStr

@@ -15,10 +15,10 @@ import argparse
 import json
 import math
 import shutil
-import statistics
 import sys
 from pathlib import Path
 
+from fireact_bench.leaderboard import read_cells, stderr
 from fireact_bench.store import write_json
 from fireact_bench.sweep import RESULTS_DIR, sweep
 
@@ -30,9 +30,7 @@ MUST_MATCH = ("dataset_hash", "prompt_hash")
 
 
 def _stats(values: list[float]) -> dict:
-    n = len(values)
-    return {"mean": round(sum(values) / n, 4) if n else 0.0,
-            "stderr": round(statistics.stdev(values) / math.sqrt(n), 4) if n > 1 else 0.0}
+    return {"mean": round(sum(values) / len(values), 4) if values else 0.0, "stderr": round(stderr(values), 4)}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -86,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adapters", default=str(RESULTS_DIR / "adapters"))
     parser.add_argument("--update", action="store_true", help="write the current numbers as the new baseline")
     args = parser.parse_args(argv)
-    from fireact_bench.leaderboard import read_cells
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

@@ -10,7 +10,6 @@ training config) key and reused by every cell that needs them.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -94,21 +93,12 @@ def prompt_hash(cell: Cell) -> str:
 @functools.lru_cache(maxsize=None)
 def adapter_plan(model_json: str, adapter_json: str):
     """(key, FinetuneConfig, TrainingSet) of an adapter: built from data and config, before any training."""
-    from transformers import AutoTokenizer
-
-    from fireact_bench.adapters.backbone import resolve_model
-    from fireact_bench.adapters.finetune import _release_file, preset, resolve_fmt, run_id
-    from fireact_bench.adapters.sft_data import build_training_set
-    from fireact_bench.adapters.trajectories import load_validated
+    from fireact_bench.adapters.finetune import plan_training, preset, run_id
 
     model, adapter = json.loads(model_json), json.loads(adapter_json)
-    base = str(model["model_args"]["pretrained"])
-    config = preset(adapter["preset"], **adapter["config"], base_model=base, seed=adapter["seed"])
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
-    config = dataclasses.replace(config, fmt=resolve_fmt(config.fmt, tokenizer))
-    trajs, _ = load_validated([_release_file(adapter["methods"], adapter["tasks"])])
-    data = build_training_set(trajs, size=adapter["size"], methods=adapter["methods"], tasks=adapter["tasks"],
-                              seed=config.seed, fmt=config.fmt, tokenizer=tokenizer)
+    config = preset(adapter["preset"], **adapter["config"], base_model=str(model["model_args"]["pretrained"]),
+                    seed=adapter["seed"])
+    config, data, _ = plan_training(config, methods=adapter["methods"], tasks=adapter["tasks"], size=adapter["size"])
     key = _digest([run_id(config, data.data_hash), _model_hash(model_json)])
     return key, config, data
 
