@@ -19,12 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fireact_bench.adapters.backbone import DEFAULT_BACKBONE, model_fingerprint, resolve_model
-from fireact_bench.adapters.sft_data import (IGNORE, METHOD_MIXES, TASK_MIXES, TrainingSet, build_training_set,
+from fireact_bench.harness.lmeval.backbones import DEFAULT_BACKBONE, model_fingerprint, resolve_model
+from fireact_bench.harness.study import METHOD_MIXES, TASK_MIXES
+from fireact_bench.adapters.sft_data import (IGNORE, TrainingSet, build_training_set,
                                              tokenize_set, write_training_jsonl)
 from fireact_bench.adapters.trajectories import Trajectory, load_validated
-from fireact_bench.paths import cache_dir, data_file
-from fireact_bench.store import versions, write_json
+from fireact_bench.harness.data.release import data_file
+from fireact_bench.harness.files import write_json
+from fireact_bench.harness.provenance import versions
+from fireact_bench.harness.settings import cache_dir
 
 
 @dataclass

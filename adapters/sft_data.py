@@ -15,18 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fireact_bench.adapters.trajectories import Trajectory
-from fireact_bench.methods import ALPACA_TEMPLATE, Step, chat_messages, turn_text
+from fireact_bench.harness.agent.methods import ALPACA_TEMPLATE, chat_messages, turn_text
+from fireact_bench.harness.files import write_json, write_lines
+from fireact_bench.harness.study import METHOD_MIXES, TASK_MIXES
 
-METHOD_MIXES = {
-    "react": ("react",),
-    "react+cot": ("react", "cot"),
-    "react+reflexion": ("react", "reflexion"),
-    "all": ("react", "cot", "reflexion"),
-}
-TASK_MIXES = {
-    "hotpotqa": ("hotpotqa",),
-    "multitask": ("hotpotqa", "strategyqa", "mmlu"),
-}
 FORMATS = ("alpaca", "chat")
 TRAIN_ON = ("model", "all")
 IGNORE = -100  # label of tokens that carry no loss
@@ -70,15 +62,10 @@ def select(trajs: list[Trajectory], size: int | None = None, methods: str = "rea
     return pool[:size]
 
 
-def _steps(traj: Trajectory) -> list[Step]:
-    return [Step(thought=s["thought"], action=s["action"], argument=s["argument"], observation=s["observation"])
-            for s in traj.steps]
-
-
 def render_alpaca(traj: Trajectory) -> list[tuple[str, bool]]:
     """FireAct's Alpaca template: instruction = question, response = Thought/Action/Observation lines."""
     segments = [(ALPACA_TEMPLATE.format(instruction=traj.question), False)]
-    for step in _steps(traj):
+    for step in traj.steps:
         segments.append((turn_text(step) + "\n", True))
         if step.observation is not None:
             segments.append((f"Observation: {step.observation}\n", False))
@@ -88,7 +75,7 @@ def render_alpaca(traj: Trajectory) -> list[tuple[str, bool]]:
 def render_chat(traj: Trajectory, tokenizer) -> list[tuple[str, bool]]:
     """The model's chat template over methods.chat_messages; each assistant turn (with its end-of-turn
     marker, so the model learns to stop) is trained. Segments are differences of rendered prefixes."""
-    messages = chat_messages(traj.question, _steps(traj))
+    messages = chat_messages(traj.question, traj.steps)
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     segments, done = [], ""
     for i, message in enumerate(messages):
@@ -152,20 +139,7 @@ def tokenize_set(ts: TrainingSet, tokenizer, max_len: int, train_on: str = "mode
 
 def write_training_jsonl(path: str | os.PathLike, ts: TrainingSet) -> Path:
     """The rendered set, one example a line, with a sidecar <path>.meta.json (hash, composition); atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"question_id": e.question_id, "dataset": e.dataset, "method": e.method,
-                         "segments": e.segments}, ensure_ascii=False) for e in ts.examples]
-    _atomic_write(path, "".join(line + "\n" for line in lines))
-    meta = {"data_hash": ts.data_hash, "composition": ts.composition}
-    _atomic_write(path.with_name(path.name + ".meta.json"), json.dumps(meta, indent=2))
-    return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_lines(path, ({"question_id": e.question_id, "dataset": e.dataset, "method": e.method, "segments": e.segments}
+                       for e in ts.examples))
+    write_json(Path(path).with_name(Path(path).name + ".meta.json"), {"data_hash": ts.data_hash, "composition": ts.composition})
+    return Path(path)

@@ -16,14 +16,15 @@ import json
 import logging
 from pathlib import Path
 
-from fireact_bench import scoring
+from fireact_bench.harness.agent import scoring
 from fireact_bench.adapters.trajectories import (Trajectory, append_jsonl, question_id, read_jsonl, trajectory_key,
                                                  validate)
-from fireact_bench.agent import Episode
-from fireact_bench.datasets import load_docs
+from fireact_bench.harness.agent.loop import AgentOptions, Episode
+from fireact_bench.harness.agent.methods import Step
+from fireact_bench.harness.data.questions import load_docs
+from fireact_bench.harness.study import EPISODE_FINISHED, TEACHER_METHODS, TRAJECTORY_DATASETS
 
 log = logging.getLogger(__name__)
-TEACHER_METHODS = ("react", "cot", "reflexion")
 
 
 def rejected_path(out: Path) -> Path:
@@ -34,11 +35,10 @@ def to_trajectory(ep: Episode, doc: dict, *, dataset: str, split: str, method: s
                   search_backend: str, seed: int) -> Trajectory:
     """An agent episode in the project's trajectory schema, with its reward and reasons filled in."""
     if method == "cot":  # one generation; FireAct's CoT trajectories are one thought and a finish
-        steps = [{"thought": ep.raw.strip(), "action": "finish" if ep.answer is not None else None,
-                  "argument": ep.answer, "observation": "Episode finished" if ep.answer is not None else None}]
+        steps = [Step(thought=ep.raw.strip(), action="finish" if ep.answer is not None else None,
+                      argument=ep.answer, observation=EPISODE_FINISHED if ep.answer is not None else None)]
     else:
-        steps = [{"thought": s.thought, "action": s.action, "argument": s.argument, "observation": s.observation}
-                 for s in ep.steps]
+        steps = [Step(s.thought, s.action, s.argument, s.observation) for s in ep.steps]
     reward = bool(scoring.score(doc.get("kind", "qa"), ep.answer, doc["answer"])["em"]) if ep.answer is not None else False
     traj = Trajectory(
         question_id=question_id(dataset, doc["question"]), dataset=dataset, split=split, method=method,
@@ -52,12 +52,10 @@ def to_trajectory(ep: Episode, doc: dict, *, dataset: str, split: str, method: s
 def generate(lm, docs: list[dict], out: str | Path, *, dataset: str, split: str, method: str = "react",
              teacher: str, options=None, batch: int = 8, seed: int = 0) -> dict:
     """Run `lm` (a FireActLM) as the teacher on `docs`; append to out / out.rejected. Returns a report."""
-    from fireact_bench.model import AgentOptions
-
     if method not in TEACHER_METHODS:
         raise ValueError(f"teacher method {method!r}: expected one of {', '.join(TEACHER_METHODS)}")
     out = Path(out)
-    options = options or AgentOptions(method=method, dataset=dataset, seed=seed, max_steps=11 if method == "reflexion" else 8)
+    options = options or AgentOptions(method=method, dataset=dataset, seed=seed)
     backend = "none" if method == "cot" else options.tool
     done = {t.key for path in (out, rejected_path(out)) if path.exists() for t in read_jsonl(path)}
     todo = [doc for doc in docs
@@ -78,12 +76,12 @@ def generate(lm, docs: list[dict], out: str | Path, *, dataset: str, split: str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fireact_bench.model import AgentOptions, FireActLM
+    from fireact_bench.harness.lmeval.agent_lm import FireActLM
 
     parser = argparse.ArgumentParser(prog="fireact-bench teacher", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="hf", help="lm-eval model name (hf, local-completions, openai-chat-completions, ...)")
     parser.add_argument("--model_args", default="pretrained=smollm2-135m-instruct", help="the model's lm-eval model_args")
-    parser.add_argument("--dataset", default="hotpotqa", choices=["hotpotqa", "strategyqa", "mmlu", "jsonl"])
+    parser.add_argument("--dataset", default="hotpotqa", choices=[*TRAJECTORY_DATASETS, "jsonl"])
     parser.add_argument("--split", default="train", help="hotpotqa: train (hub) | dev_rest; strategyqa: train | dev; mmlu: train")
     parser.add_argument("--path", help="question file for --dataset jsonl")
     parser.add_argument("--method", default="react", choices=TEACHER_METHODS)
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = load_docs(args.dataset, **_split_options(args.dataset, args.split, args.path))[: args.limit]
     lm = FireActLM(inner=args.model, **simple_parse_args_string(args.model_args))
     options = AgentOptions(method=args.method, dataset=args.dataset, tool=args.tool, tool_args=args.tool_args,
-                           cache=args.cache, seed=args.seed, max_steps=11 if args.method == "reflexion" else 8)
+                           cache=args.cache, seed=args.seed)
     model_args = simple_parse_args_string(args.model_args)
     teacher = model_args.get("model") or model_args.get("pretrained") or args.model
     report = generate(lm, docs, args.out, dataset=args.dataset, split=args.split, method=args.method,

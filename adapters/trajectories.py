@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from fireact_bench.methods import split_trajectory
+from fireact_bench.harness.agent.methods import Step, split_trajectory
+from fireact_bench.harness.data import release
+from fireact_bench.harness.files import write_text
+from fireact_bench.harness.study import EPISODE_FINISHED, TEACHER_METHODS, TRAJECTORY_DATASETS
 
-METHODS = ("react", "cot", "reflexion")
-DATASETS = ("hotpotqa", "strategyqa", "mmlu")
 ACTIONS = ("search", "finish")
 # Phrases FireAct's Reflexion-style runs inject after 5 / 9 unsolved steps.
 REFLEXION_MARKERS = ("let me do a reflection", "how to improve my strategy",
                      "I need to wrap up", "haven't solved the task within")
-_REWARD_LINE = re.compile(r"^Observation: Episode finished, reward = (.*?)\s*$", re.M)
+_REWARD_LINE = re.compile(rf"^Observation: {EPISODE_FINISHED}, reward = (.*?)\s*$", re.M)
 _OPTION_LINE = re.compile(r"^[A-D]\. ", re.M)
 
 
@@ -39,7 +40,7 @@ class Trajectory:
     search_backend: str
     seed: int  # sample index: the n-th trajectory of this teacher/method for this question
     question: str
-    steps: list[dict]  # {thought, action, argument, observation}
+    steps: list[Step]  # stored as {thought, action, argument, observation}
     answer: str | None
     reward: bool | None
     source: str  # file:line it came from
@@ -52,11 +53,15 @@ class Trajectory:
         return trajectory_key(self.question_id, self.method, self.teacher, self.search_backend, self.seed)
 
     def content_hash(self) -> str:
-        body = json.dumps([self.question, self.steps, self.answer], sort_keys=True, ensure_ascii=False)
+        body = json.dumps([self.question, [s.to_dict() for s in self.steps], self.answer], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(body.encode()).hexdigest()
 
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                "steps": [s.to_dict() for s in self.steps]}
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Trajectory":
@@ -65,7 +70,9 @@ class Trajectory:
                    and f.default_factory is dataclasses.MISSING} - data.keys()
         if missing or data.keys() - names:
             raise ValueError(f"missing fields {sorted(missing)}, unknown fields {sorted(data.keys() - names)}")
-        return cls(**data)
+        if not isinstance(data["steps"], list):
+            raise TypeError(f"field 'steps' must be a list, not {type(data['steps']).__name__}")
+        return cls(**{**data, "steps": [Step.from_dict(s) for s in data["steps"]]})
 
 
 def trajectory_key(question_id: str, method: str, teacher: str, search_backend: str, seed: int) -> str:
@@ -109,32 +116,15 @@ def import_fireact(path: str | os.PathLike) -> list[Trajectory]:
 
 
 def _read_release(path: Path) -> Iterable[tuple[int, str, str]]:
-    """(line, question, trajectory text) from either release format."""
+    """(line or item, question, trajectory text) from either release format."""
     if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of {{instruction, input, output}}")
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict) or not {"instruction", "output"} <= row.keys():
-                raise ValueError(f"{path}: item {i} is not an {{instruction, input, output}} record")
-            question = row["instruction"] + (f"\n{row['input']}" if row.get("input") else "")
-            yield i, question, row["output"]
+        yield from release.alpaca_records(path)
     elif path.suffix == ".jsonl":
-        with open(path) as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    messages = json.loads(raw)["messages"]
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise ValueError(f"{path}:{lineno}: not a {{\"messages\": [...]}} record ({err})") from err
-                # A record may start with the assistant (the question was lost in the release).
-                question = messages[0]["content"] if messages and messages[0]["role"] == "user" else ""
-                turns = messages[1:] if question else messages
-                yield lineno, question, "".join(m["content"].rstrip("\n") + "\n" for m in turns)
+        for lineno, messages in release.gpt_records(path):
+            # A record may start with the assistant (the question was lost in the release).
+            question = messages[0]["content"] if messages and messages[0]["role"] == "user" else ""
+            turns = messages[1:] if question else messages
+            yield lineno, question, "".join(m["content"].rstrip("\n") + "\n" for m in turns)
     else:
         raise ValueError(f"{path}: unknown FireAct format (expected .json alpaca or .jsonl gpt)")
 
@@ -171,10 +161,10 @@ def _infer_dataset(path: Path, question: str, answer: str | None, reward_text: s
     return "strategyqa"
 
 
-def _infer_method(body: str, steps: list[dict]) -> str:
+def _infer_method(body: str, steps: list[Step]) -> str:
     if any(marker in body for marker in REFLEXION_MARKERS):
         return "reflexion"
-    return "react" if any(s["action"] == "search" for s in steps) else "cot"
+    return "react" if any(s.action == "search" for s in steps) else "cot"
 
 
 def _parse_reward(text: str) -> bool | None:
@@ -196,10 +186,10 @@ def _parse_body(path: Path, line: int, question: str, body: str, hotpot_question
     for step in split_trajectory(body):
         if step.errors:
             problems.append("malformed_action")
-        steps.append({"thought": step.thought, "action": step.action,
-                      "argument": step.argument, "observation": step.observation})
-    finishes = [s for s in steps if s["action"] == "finish"]
-    answer = finishes[-1]["argument"] if finishes else None
+        step.errors = []
+        steps.append(step)
+    finishes = [s for s in steps if s.action == "finish"]
+    answer = finishes[-1].argument if finishes else None
     dataset = _infer_dataset(path, question, answer, rewards[-1].strip() if rewards else None, hotpot_questions)
     return Trajectory(
         question_id=question_id(dataset, question), dataset=dataset, split="train",
@@ -216,13 +206,13 @@ def validate(traj: Trajectory) -> list[str]:
         return ["empty"]
     reasons = set(traj.problems)
     # GPT-4 sometimes wrote "Action: finish[..]" on its thought line and then again as the action.
-    finishes = sum(s["action"] == "finish" for s in traj.steps)
-    finishes += sum("Action: finish[" in (s["thought"] or "") for s in traj.steps)
+    finishes = sum(s.action == "finish" for s in traj.steps)
+    finishes += sum("Action: finish[" in (s.thought or "") for s in traj.steps)
     if finishes == 0:
         reasons.add("no_finish")
-    elif finishes > 1 or traj.steps[-1]["action"] != "finish":
+    elif finishes > 1 or traj.steps[-1].action != "finish":
         reasons.add("multiple_finish")
-    if any(s["action"] not in ACTIONS or s["argument"] is None for s in traj.steps):
+    if any(s.action not in ACTIONS or s.argument is None for s in traj.steps):
         reasons.add("malformed_action")
     if traj.reward is None:
         reasons.add("missing_reward")
@@ -298,16 +288,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Trajectory]:
 
 def write_jsonl(path: str | os.PathLike, trajs: Iterable[Trajectory]) -> Path:
     """Replace the whole file atomically (temp file + os.replace): readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        for traj in trajs:
-            fh.write(traj.to_json() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "".join(traj.to_json() + "\n" for traj in trajs))
 
 
 def append_jsonl(path: str | os.PathLike, trajs: Iterable[Trajectory]) -> int:

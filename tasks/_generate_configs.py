@@ -1,14 +1,18 @@
-"""Writes the task YAMLs (one per dataset x method x noise), as lm-eval does for its MMLU tasks.
+"""Writes the task YAMLs into generated/ (one per question set x method x noise), as lm-eval does for MMLU.
 
-Run `python tasks/_generate_configs.py` after changing the grid of tasks; the YAMLs are committed.
-Names: fireact_<dataset>[_<method>][_<noise>]; the method is omitted for ReAct (the paper's default)
-and the noise for clean tools: fireact_hotpotqa, fireact_hotpotqa_none, fireact_hotpotqa_cot, ...
+Run `python tasks/_generate_configs.py` after changing the study's vocabulary (harness/study.py); the
+YAMLs are committed. Names come from study.task_name: fireact_<dataset>[_<method>][_<noise>].
 """
 from pathlib import Path
 
 import yaml
 
+from fireact_bench.harness.study import MAX_STEPS, NOISES, SINGLE_METHODS, TASK_DATASETS, task_name
+
 HERE = Path(__file__).parent
+OUT = HERE / "generated"
+HOOKS = "fireact_bench.harness.lmeval.hooks"
+TASK_METHODS = ("react", "io", "cot", "reflexion", "ft")
 
 
 class Function(str):
@@ -16,39 +20,18 @@ class Function(str):
 
 
 yaml.SafeDumper.add_representer(Function, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
-DATASETS = {  # task dataset name -> (dataset_kwargs, the agent's dataset for prompts)
-    "hotpotqa": ({"dataset": "hotpotqa", "subset": "fireact500"}, "hotpotqa"),
-    "hotpotqa_dev": ({"dataset": "hotpotqa", "subset": "dev"}, "hotpotqa"),
-    "bamboogle": ({"dataset": "bamboogle"}, "bamboogle"),
-    "strategyqa": ({"dataset": "strategyqa"}, "strategyqa"),
-    "mmlu": ({"dataset": "mmlu", "subject": "all"}, "mmlu"),
-    "jsonl": ({"dataset": "jsonl"}, "jsonl"),
-}
-METHODS = {"react": 8, "io": 1, "cot": 1, "reflexion": 11, "ft": 8}  # method -> step limit
-NOISES = ("clean", "none", "random")
 
 
-def task_name(dataset: str, method: str, noise: str) -> str:
-    parts = ["fireact", dataset] + ([method] if method != "react" else []) + ([noise] if noise != "clean" else [])
-    return "_".join(parts)
-
-
-def task(dataset: str, method: str, noise: str, dataset_kwargs: dict, agent_dataset: str) -> dict:
-    if METHODS[method] == 1:  # single generation: the prompt is the task's, so plain lm-eval models run it too
-        return {"include": "_fireact_yaml", "task": task_name(dataset, method, noise), "tag": tags_of(dataset, method, noise),
-                "dataset_kwargs": dataset_kwargs, "doc_to_text": Function(f"utils.{method}_prompt"),
+def task(dataset: str, method: str, noise: str) -> dict:
+    loader, options = TASK_DATASETS[dataset]
+    head = {"include": "../_fireact_yaml", "task": task_name(dataset, method, noise), "tag": tags_of(dataset, method, noise),
+            "dataset_kwargs": {"dataset": loader, **options}}
+    if method in SINGLE_METHODS:  # single generation: the prompt is the task's, so plain lm-eval models run it too
+        return {**head, "doc_to_text": Function(f"{HOOKS}.{method}_prompt"),
                 "generation_kwargs": {"until": ["\n\n"], "do_sample": False, "max_gen_toks": 256}}
-    return {
-        "include": "_fireact_yaml",
-        "task": task_name(dataset, method, noise),
-        "tag": tags_of(dataset, method, noise),
-        "dataset_kwargs": dataset_kwargs,
-        "generation_kwargs": {
-            "until": ["\n\n"],
-            "do_sample": False,
-            "fireact": {"method": method, "dataset": agent_dataset, "max_steps": METHODS[method], "noise": noise},
-        },
-    }
+    return {**head, "generation_kwargs": {
+        "until": ["\n\n"], "do_sample": False,
+        "fireact": {"method": method, "dataset": loader, "max_steps": MAX_STEPS[method], "noise": noise}}}
 
 
 def tags_of(dataset: str, method: str, noise: str) -> list[str]:
@@ -56,14 +39,14 @@ def tags_of(dataset: str, method: str, noise: str) -> list[str]:
 
 
 def main() -> None:
-    for old in HERE.glob("fireact_*.yaml"):
+    OUT.mkdir(exist_ok=True)
+    for old in OUT.glob("fireact_*.yaml"):
         old.unlink()
-    for dataset, (kwargs, agent_dataset) in DATASETS.items():
-        for method in METHODS:
-            for noise in NOISES if METHODS[method] > 1 else ("clean",):
-                config = task(dataset, method, noise, kwargs, agent_dataset)
-                path = HERE / f"{config['task']}.yaml"
-                path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    for dataset in TASK_DATASETS:
+        for method in TASK_METHODS:
+            for noise in NOISES if method not in SINGLE_METHODS else NOISES[:1]:
+                config = task(dataset, method, noise)
+                (OUT / f"{config['task']}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
 
 if __name__ == "__main__":

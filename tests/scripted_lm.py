@@ -9,7 +9,7 @@ import time
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-import fireact_bench.model  # noqa: F401  fills the registry first
+import fireact_bench.harness.lmeval.agent_lm  # noqa: F401  fills the registry first
 
 
 @register_model("scripted")

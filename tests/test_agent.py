@@ -1,7 +1,7 @@
 """The agent loop with a scripted inner model: batched rounds, step limit, finish handling."""
 import pytest
 
-from fireact_bench.agent import INVALID_ACTION, AgentConfig, Episode, read_summary, run_episodes
+from fireact_bench.harness.agent.loop import INVALID_ACTION, AgentOptions, Episode, read_summary, run_episodes
 
 
 class ScriptedTool:
@@ -40,7 +40,7 @@ def test_all_live_episodes_advance_in_one_call_per_step():
     generate, batches = scripted(scripts)
     tool = ScriptedTool()
     episodes = [Episode(key=f"k{i}", question=q) for i, q in enumerate(scripts)]
-    run_episodes(episodes, generate, AgentConfig(method="react", max_steps=4), tool=tool)
+    run_episodes(episodes, generate, AgentOptions(method="react", max_steps=4), tool=tool)
     assert batches == [3, 2, 1, 1]  # one call per step holding every live episode
     e1, e2, e3 = episodes
     assert (e1.answer, e1.finished, len(e1.steps)) == ("A1", True, 1)
@@ -53,7 +53,7 @@ def test_all_live_episodes_advance_in_one_call_per_step():
 
 def test_response_round_trips_the_summary():
     generate, _ = scripted({"Q?": ["Thought: t\nAction: finish[yes]"]})
-    (episode,) = run_episodes([Episode(key="1", question="Q?")], generate, AgentConfig(), tool=ScriptedTool())
+    (episode,) = run_episodes([Episode(key="1", question="Q?")], generate, AgentOptions(), tool=ScriptedTool())
     transcript, summary = read_summary(episode.response())
     assert transcript == "Thought: t\nAction: finish[yes]\nObservation: Episode finished"
     assert summary["answer"] == "yes" and summary["steps"] == 1 and summary["prompt_tokens"] > 100
@@ -68,7 +68,7 @@ def test_single_generation_methods_run_one_round():
         return [" Paris", ""]
 
     episodes = [Episode(key="1", question="Capital of France?"), Episode(key="2", question="?")]
-    run_episodes(episodes, generate, AgentConfig(method="io"))
+    run_episodes(episodes, generate, AgentOptions(method="io"))
     assert calls == [["\n\n"]]
     assert (episodes[0].answer, episodes[0].finished) == ("Paris", True)
     assert (episodes[1].answer, dict(episodes[1].format_errors)) == (None, {"empty": 1})
@@ -76,6 +76,6 @@ def test_single_generation_methods_run_one_round():
 
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method 'rewoo'"):
-        AgentConfig(method="rewoo")
+        AgentOptions(method="rewoo")
     with pytest.raises(ValueError, match="needs a search tool"):
-        run_episodes([], lambda c, g: [], AgentConfig(method="react"))
+        run_episodes([], lambda c, g: [], AgentOptions(method="react"))

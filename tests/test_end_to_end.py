@@ -38,7 +38,7 @@ def test_console_script_runs_react_with_smollm2(task, tmp_path):
 @pytest.mark.slow
 def test_plain_lm_eval_loads_the_tasks(tmp_path):
     """IO needs no tool, so lm-eval's own `hf` model runs it from --include_path alone."""
-    from fireact_bench.adapters.backbone import resolve_model
+    from fireact_bench.harness.lmeval.backbones import resolve_model
 
     results, samples = _run([str(BIN / "lm_eval"), "--model", "hf", "--model_args", f"pretrained={resolve_model('smollm2-135m-instruct')}",
                              "--device", "cpu", "--include_path", str(TASKS), "--tasks", "fireact_bamboogle_io",

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from scripted_lm import ScriptedLM
 
-from fireact_bench.cli import evaluate
-from fireact_bench.model import AgentOptions
+from fireact_bench.harness.lmeval.api import evaluate
+from fireact_bench.harness.lmeval.agent_lm import options_from_gen_kwargs
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 
@@ -86,11 +86,11 @@ def test_api_key_never_in_results_samples_or_logs(questions, serpapi_server, mon
 
 def test_unknown_option_is_named():
     with pytest.raises(ValueError, match="unknown fireact option"):
-        AgentOptions.from_gen_kwargs({"fireact": {"methd": "react"}})
-    options, rest = AgentOptions.from_gen_kwargs({"fireact": {"method": "cot"}, "fireact.noise": None, "until": ["x"]})
+        options_from_gen_kwargs({"fireact": {"methd": "react"}})
+    options, rest = options_from_gen_kwargs({"fireact": {"method": "cot"}, "fireact.noise": None, "until": ["x"]})
     assert (options.method, options.noise, rest) == ("cot", "none", {"until": ["x"]})
 
 
 def test_no_namespaced_key_means_one_generation_from_the_tasks_prompt():
-    options, rest = AgentOptions.from_gen_kwargs({"until": ["\n\n"], "max_gen_toks": 64})
+    options, rest = options_from_gen_kwargs({"until": ["\n\n"], "max_gen_toks": 64})
     assert (options.method, options.max_gen_toks, rest) == ("text", 64, {"until": ["\n\n"], "max_gen_toks": 64})

@@ -1,8 +1,8 @@
 """The parser against a corpus of malformed outputs: never a crash, every deviation counted."""
 import pytest
 
-from fireact_bench import methods
-from fireact_bench.methods import parse_answer, parse_turn, split_trajectory
+from fireact_bench.harness.agent import methods
+from fireact_bench.harness.agent.methods import parse_answer, parse_turn, split_trajectory
 
 CORPUS = [
     # (model output, action, argument, errors)

@@ -4,8 +4,9 @@ import random
 
 import pytest
 
-from fireact_bench.noise import NoisyTool, make_tool
-from fireact_bench.search import SearchBackend
+from fireact_bench.harness.tools.base import SearchBackend
+from fireact_bench.harness.tools.factory import make_tool
+from fireact_bench.harness.tools.noise import NoisyTool
 
 
 class Echo(SearchBackend):

@@ -1,4 +1,4 @@
-from fireact_bench.scoring import choice_letter, exact_match, f1_score, normalize_answer, score, yes_no
+from fireact_bench.harness.agent.scoring import choice_letter, exact_match, f1_score, normalize_answer, score, yes_no
 
 
 def test_normalization_is_fireacts():

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from googleapiclient.http import HttpMock, HttpMockSequence
 
-from fireact_bench import paths
-from fireact_bench.search import (
-    NO_RESULTS, BM25Search, CacheMiss, ReplaySearch, SearchCache, SearchError, make_search, normalize_query,
-    recorded_pairs,
-)
+from fireact_bench.harness import settings as paths
+from fireact_bench.harness.tools.base import NO_RESULTS, CacheMiss, SearchError, normalize_query
+from fireact_bench.harness.tools.bm25 import BM25Search
+from fireact_bench.harness.tools.cache import SearchCache
+from fireact_bench.harness.tools.factory import make_search
+from fireact_bench.harness.tools.replay import ReplaySearch, recorded_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "search"
 FAKE_KEY = "FAKEKEY-s3cr3t-0123456789"

@@ -1,8 +1,9 @@
 import pytest
 
-from fireact_bench.adapters.backbone import resolve_model
+from fireact_bench.harness.lmeval.backbones import resolve_model
 from fireact_bench.adapters.sft_data import IGNORE, build_training_set, select, tokenize
 from fireact_bench.adapters.trajectories import Trajectory, question_id
+from fireact_bench.harness.agent.methods import Step
 
 
 def _traj(i: int, method: str = "react", dataset: str = "hotpotqa") -> Trajectory:
@@ -12,7 +13,7 @@ def _traj(i: int, method: str = "react", dataset: str = "hotpotqa") -> Trajector
     finish = {"thought": f"So the answer is {i}.", "action": "finish", "argument": str(i),
               "observation": "Episode finished, reward = True"}
     return Trajectory(question_id(dataset, q), dataset, "train", method, "gpt-4", "serpapi", 0, q,
-                      search + [finish], str(i), True, f"test:{i}")
+                      [Step.from_dict(s) for s in search + [finish]], str(i), True, f"test:{i}")
 
 
 POOL = [_traj(i, m, d) for i in range(400) for m, d in (("react", "hotpotqa"), ("cot", "strategyqa"), ("reflexion", "mmlu"))]

@@ -11,9 +11,10 @@ import pytest
 import scripted_lm  # noqa: F401  registers the `scripted` lm-eval model
 import yaml
 
-from fireact_bench import leaderboard, regress
-from fireact_bench.grid import load_grid
-from fireact_bench.sweep import sweep
+from fireact_bench.harness.benchmark import leaderboard, regress
+from fireact_bench.harness.benchmark.cells import read_cells
+from fireact_bench.harness.benchmark.grid import load_grid
+from fireact_bench.harness.benchmark.sweep import sweep
 
 TESTS = Path(__file__).parent
 
@@ -54,14 +55,14 @@ def test_sweep_runs_every_cell_once_and_builds_a_valid_leaderboard(tmp_path):
     grid = load_grid(write_grid(tmp_path / "g.yaml"))
     assert len(grid.cells) == 8  # 2 datasets × (io, cot, react clean, react random)
     cells = tmp_path / "cells"
-    first = sweep(grid, cells_dir=cells, adapters_dir=tmp_path / "adapters", progress=False)
+    first = sweep(grid, results=cells.parent, adapters=tmp_path / "adapters", progress=False)
     assert first["finished"] == 8 and not first["failed"]
     stamps = {p: p.stat().st_mtime_ns for p in cells.glob("*.json")}
-    again = sweep(grid, cells_dir=cells, adapters_dir=tmp_path / "adapters", progress=False)
+    again = sweep(grid, results=cells.parent, adapters=tmp_path / "adapters", progress=False)
     assert again["skipped"] == 8 and again["finished"] == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in cells.glob("*.json")}  # nothing rewritten
 
-    finished, failed, missing = leaderboard.read_cells(cells, first["cell_ids"])
+    finished, failed, missing = read_cells(cells, first["cell_ids"])
     board = leaderboard.build(finished, "t", failed, missing)
     written = leaderboard.write(board, tmp_path / "out")
     leaderboard.validate(json.loads((tmp_path / "out" / "leaderboard.json").read_text()))
@@ -79,7 +80,7 @@ def test_sweep_runs_every_cell_once_and_builds_a_valid_leaderboard(tmp_path):
 
 
 def _strategyqa():
-    from fireact_bench.datasets import load_docs
+    from fireact_bench.harness.data.questions import load_docs
 
     return load_docs("strategyqa")
 
@@ -88,20 +89,20 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     path = write_grid(tmp_path / "g.yaml", models=[{"name": "scripted", "inner": "scripted", "model_args": {"answer": "yes"}},
                                                     {"name": "ghost", "inner": "no-such-model"}],
                       prompting=["io"], datasets=["hotpotqa"], noise=["clean"])
-    summary = sweep(path, cells_dir=tmp_path / "cells", adapters_dir=tmp_path / "a", progress=False)
+    summary = sweep(path, results=tmp_path, adapters=tmp_path / "a", progress=False)
     assert summary["finished"] == 1 and [f["label"] for f in summary["failed"]] == ["ghost io hotpotqa clean seed0"]
     failed = json.loads(next((tmp_path / "cells").glob("*.failed.json")).read_text())
     assert "no-such-model" in failed["error"] and failed["traceback"]
-    finished, failed_records, missing = leaderboard.read_cells(tmp_path / "cells", summary["cell_ids"])
+    finished, failed_records, missing = read_cells(tmp_path / "cells", summary["cell_ids"])
     board = leaderboard.build(finished, "t", failed_records, missing)
     assert len(board["rows"]) == 1 and board["failed"][0]["label"].startswith("ghost")
-    assert sweep(path, cells_dir=tmp_path / "cells", adapters_dir=tmp_path / "a", progress=False)["failed"]  # retried
+    assert sweep(path, results=tmp_path, adapters=tmp_path / "a", progress=False)["failed"]  # retried
 
 
 def test_killed_sweep_resumes_without_losing_or_redoing_cells(tmp_path):
     path = write_grid(tmp_path / "g.yaml", models=[{"name": "scripted", "inner": "scripted", "model_args": {"answer": "yes", "delay": 0.3}}])
     results = tmp_path / "results"
-    code = ("import sys, scripted_lm; from fireact_bench.sweep import main; "
+    code = ("import sys, scripted_lm; from fireact_bench.harness.benchmark.sweep import main; "
             f"sys.exit(main(['--grid', {path!r}, '--results', {str(results)!r}]))")
     env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True,
@@ -117,7 +118,7 @@ def test_killed_sweep_resumes_without_losing_or_redoing_cells(tmp_path):
     for p in cells.glob("*.json"):  # whatever is there is whole
         assert json.loads(p.read_text())["status"] == "finished"
 
-    summary = sweep(path, cells_dir=cells, adapters_dir=results / "adapters", progress=False)
+    summary = sweep(path, results=cells.parent, adapters=results / "adapters", progress=False)
     assert summary["skipped"] == len(done_before) and summary["finished"] == 8 - len(done_before)
     assert {n: (cells / n).stat().st_mtime_ns for n in done_before} == done_before  # none redone
     assert {f"{cid}.json" for cid in summary["cell_ids"]} == {p.name for p in cells.glob("*.json")}  # none lost
@@ -169,12 +170,12 @@ def test_an_adapter_is_trained_once_and_shared_by_the_cells_that_need_it(tmp_pat
                       models=[{"name": "scripted", "inner": "scripted", "model_args": {"pretrained": "smollm2-135m-instruct"}}],
                       finetuning={"methods": ["react"], "tasks": ["hotpotqa"], "sizes": [4], "models": ["scripted"],
                                   "config": {"max_steps": 1, "micro_batch": 2, "grad_accum": 1, "max_len": 256}})
-    summary = sweep(path, cells_dir=tmp_path / "cells", adapters_dir=tmp_path / "adapters", progress=False)
+    summary = sweep(path, results=tmp_path, adapters=tmp_path / "adapters", progress=False)
     assert summary["finished"] == 2 and not summary["failed"]
     (adapter,) = (tmp_path / "adapters").iterdir()
     manifest = json.loads((adapter / "manifest.json").read_text())
     assert manifest["global_step"] == 1 and manifest["composition"]["size"] == 4
-    finished, _, _ = leaderboard.read_cells(tmp_path / "cells", summary["cell_ids"])
+    finished, _, _ = read_cells(tmp_path / "cells", summary["cell_ids"])
     assert {r["adapter"]["key"] for r in finished} == {adapter.name}
     assert {r["comparability"]["adapter_hash"] for r in finished} == {adapter.name}
     stamp = (adapter / "manifest.json").stat().st_mtime_ns
@@ -186,5 +187,5 @@ def test_an_adapter_is_trained_once_and_shared_by_the_cells_that_need_it(tmp_pat
                models=[{"name": "scripted", "inner": "scripted", "model_args": {"pretrained": "smollm2-135m-instruct"}}],
                finetuning={"methods": ["react"], "tasks": ["hotpotqa"], "sizes": [4], "models": ["scripted"],
                            "config": {"max_steps": 1, "micro_batch": 2, "grad_accum": 1, "max_len": 256}})
-    assert sweep(path, cells_dir=tmp_path / "cells", adapters_dir=tmp_path / "adapters", progress=False)["finished"] == 2
+    assert sweep(path, results=tmp_path, adapters=tmp_path / "adapters", progress=False)["finished"] == 2
     assert (adapter / "manifest.json").stat().st_mtime_ns == stamp and len(list((tmp_path / "adapters").iterdir())) == 1

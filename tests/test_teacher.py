@@ -8,8 +8,9 @@ from lm_eval.api.model import LM
 
 from fireact_bench.adapters.teacher import generate, main, rejected_path
 from fireact_bench.adapters.trajectories import load_validated, read_jsonl
-from fireact_bench.model import AgentOptions, FireActLM
-from fireact_bench.paths import data_dir
+from fireact_bench.harness.agent.loop import AgentOptions
+from fireact_bench.harness.lmeval.agent_lm import FireActLM
+from fireact_bench.harness.settings import data_dir
 
 SECRET = "sk-teacher-DO-NOT-LEAK-9876543210"
 RECORDED = "trajs/hotpotqa_dev_0_500_ft_gpt-3.5-turbo-0613_princeton-nlp__7woQRsdi_0.0_2023-09-21-16-19-51.json"
@@ -74,8 +75,8 @@ def test_api_teacher_reproduces_recorded_rewards_and_hides_the_key(recorded_api,
     assert [t.reasons for t in rejected] == [["incorrect"], ["incorrect"]]
     for traj in kept:  # the replayed episode is the recorded one, turn for turn, with real observations
         recorded = next(e for e in episodes if e["question"] == traj.question)
-        assert len(traj.steps) == len(recorded["turns"]) and traj.steps[-1]["action"] == "finish"
-        assert all(s["observation"] and not s["observation"].startswith("Invalid") for s in traj.steps)
+        assert len(traj.steps) == len(recorded["turns"]) and traj.steps[-1].action == "finish"
+        assert all(s.observation and not s.observation.startswith("Invalid") for s in traj.steps)
     assert all(r["auth"] == f"Bearer {SECRET}" and r["temperature"] == 0 and "\nObservation" in r["stop"] for r in requests)
     assert SECRET not in out.read_text() + rejected_path(out).read_text()
     # the stored trajectories are valid fine-tuning data as they stand
@@ -144,7 +145,7 @@ def test_reflexion_teacher_reflects_at_step_5_and_wraps_up_at_step_9(tmp_path):
     generate(lm, _docs(2)[1:], out, dataset="hotpotqa", split="dev", method="reflexion", teacher="scripted")
     (traj,) = read_jsonl(out)
     assert traj.method == "reflexion" and len(traj.steps) == 9 and traj.answer == "Paris"
-    assert "improve my strategy" in traj.steps[4]["thought"] and "wrap up" in traj.steps[8]["thought"]
+    assert "improve my strategy" in traj.steps[4].thought and "wrap up" in traj.steps[8].thought
     _, report = load_validated([out])  # the import's method classifier agrees
     assert report["kept_by_method"] == {"reflexion": 1}
 
@@ -161,7 +162,7 @@ def test_local_hf_teacher_writes_valid_resumable_jsonl(tmp_path):
     args = ["--model", "hf", "--model_args", "pretrained=smollm2-135m-instruct", "--dataset", "strategyqa",
             "--split", "train", "--limit", "2", "--out", str(out)]
     lm = FireActLM(inner="hf", pretrained="smollm2-135m-instruct", additional_config={"batch_size": 2})
-    from fireact_bench.datasets import load_docs
+    from fireact_bench.harness.data.questions import load_docs
 
     docs = load_docs("strategyqa", split="train")[:2]
     options = AgentOptions(method="react", dataset="strategyqa", max_steps=2)

@@ -5,7 +5,7 @@ import pytest
 
 from fireact_bench.adapters.trajectories import (append_jsonl, import_fireact, load_validated, read_jsonl,
                                                  validate, write_jsonl)
-from fireact_bench.paths import data_dir
+from fireact_bench.harness.settings import data_dir
 
 FIX = Path(__file__).parent / "fixtures" / "trajectories"
 RELEASE = data_dir() / "data" / "finetune"
@@ -34,8 +34,8 @@ def test_gpt_format_matches_alpaca_format():
     gpt = import_fireact(FIX / "defective.jsonl")
     assert [(t.question, t.steps, t.answer, t.reward) for t in gpt] == \
            [(t.question, t.steps, t.answer, t.reward) for t in alpaca]
-    assert gpt[0].steps[0] == {"thought": "I need to search Paris.", "action": "search", "argument": "Paris",
-                               "observation": "Paris is the capital of France."}
+    assert gpt[0].steps[0].to_dict() == {"thought": "I need to search Paris.", "action": "search", "argument": "Paris",
+                                         "observation": "Paris is the capital of France."}
     assert gpt[1].source.endswith("defective.jsonl:2")
 
 
@@ -74,6 +74,6 @@ def test_release_defects():
     counts = {d: sum(t.dataset == d for t in trajs) for d in ("hotpotqa", "strategyqa", "mmlu")}
     assert counts == {"hotpotqa": 500, "strategyqa": 388, "mmlu": 456}
     mmlu = next(t for t in trajs if t.dataset == "mmlu")
-    assert "\nA. " in mmlu.question and mmlu.steps[0]["thought"]  # options moved back into the question
+    assert "\nA. " in mmlu.question and mmlu.steps[0].thought  # options moved back into the question
     _, report = load_validated(RELEASE / "alpaca_format" / "multitask_multimethod.json")
     assert report["by_reason"]["duplicate"] == 1
