@@ -19,15 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fireact_bench.harness.lmeval.backbones import DEFAULT_BACKBONE, model_fingerprint, resolve_model
-from fireact_bench.harness.study import METHOD_MIXES, TASK_MIXES
-from fireact_bench.adapters.sft_data import (IGNORE, TrainingSet, build_training_set,
-                                             tokenize_set, write_training_jsonl)
+from fireact_bench.adapters.sft_data import IGNORE, TrainingSet, build_training_set, tokenize_set, write_training_jsonl
 from fireact_bench.adapters.trajectories import Trajectory, load_validated
 from fireact_bench.harness.data.release import data_file
 from fireact_bench.harness.files import write_json
+from fireact_bench.harness.lmeval.backbones import DEFAULT_BACKBONE, model_fingerprint, resolve_model
 from fireact_bench.harness.provenance import versions
 from fireact_bench.harness.settings import cache_dir
+from fireact_bench.harness.study import METHOD_MIXES, TASK_MIXES
 
 
 @dataclass

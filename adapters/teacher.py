@@ -16,9 +16,8 @@ import json
 import logging
 from pathlib import Path
 
+from fireact_bench.adapters.trajectories import Trajectory, append_jsonl, question_id, read_jsonl, trajectory_key, validate
 from fireact_bench.harness.agent import scoring
-from fireact_bench.adapters.trajectories import (Trajectory, append_jsonl, question_id, read_jsonl, trajectory_key,
-                                                 validate)
 from fireact_bench.harness.agent.loop import AgentOptions, Episode
 from fireact_bench.harness.agent.methods import Step
 from fireact_bench.harness.data.questions import load_docs

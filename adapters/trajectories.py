@@ -13,14 +13,14 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from fireact_bench.harness.agent.methods import Step, split_trajectory
 from fireact_bench.harness.data import release
 from fireact_bench.harness.files import write_text
-from fireact_bench.harness.study import EPISODE_FINISHED, TEACHER_METHODS, TRAJECTORY_DATASETS
+from fireact_bench.harness.study import EPISODE_FINISHED
 
 ACTIONS = ("search", "finish")
 # Phrases FireAct's Reflexion-style runs inject after 5 / 9 unsolved steps.
@@ -64,7 +64,7 @@ class Trajectory:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Trajectory":
+    def from_dict(cls, data: dict) -> Trajectory:
         names = {f.name for f in dataclasses.fields(cls)}
         missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING} - data.keys()

@@ -27,7 +27,7 @@ def versions() -> dict:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source_fingerprint(*relpaths: str) -> str:
     """Hash of the project's files under the given paths (relative to the package root: folders or files),
     .py and task .yaml files only, by relative path and content."""

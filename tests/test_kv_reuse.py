@@ -1,9 +1,8 @@
 """KV reuse: the agent's turns with SmolLM2 are the same with and without it, and the prefix is reused."""
 import pytest
 
-from fireact_bench.harness.agent.loop import Episode
+from fireact_bench.harness.agent.loop import AgentOptions, Episode
 from fireact_bench.harness.data.questions import load_docs
-from fireact_bench.harness.agent.loop import AgentOptions
 from fireact_bench.harness.lmeval.agent_lm import FireActLM
 
 

@@ -5,10 +5,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from scripted_lm import ScriptedLM
 
-from fireact_bench.harness.lmeval.api import evaluate
 from fireact_bench.harness.lmeval.agent_lm import options_from_gen_kwargs
+from fireact_bench.harness.lmeval.api import evaluate
+from scripted_lm import ScriptedLM
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 

@@ -1,9 +1,9 @@
 import pytest
 
-from fireact_bench.harness.lmeval.backbones import resolve_model
 from fireact_bench.adapters.sft_data import IGNORE, build_training_set, select, tokenize
 from fireact_bench.adapters.trajectories import Trajectory, question_id
 from fireact_bench.harness.agent.methods import Step
+from fireact_bench.harness.lmeval.backbones import resolve_model
 
 
 def _traj(i: int, method: str = "react", dataset: str = "hotpotqa") -> Trajectory:
@@ -65,7 +65,7 @@ def test_only_thoughts_and_actions_carry_loss(fmt, tokenizer):
     assert _trained_text(row, tokenizer) == [
         f"Thought: I need to search 3.\nAction: search[topic 3]{end}",
         f"Thought: So the answer is 3.\nAction: finish[3]{end}"]
-    masked = tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l == IGNORE])
+    masked = tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label == IGNORE])
     assert "Question number 3?" in masked and "Observation: Topic 3 is about the number 3." in masked
     assert "Episode finished" in masked
     # segment-wise tokenization gives the same ids as tokenizing the whole text here

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-import scripted_lm  # noqa: F401  registers the `scripted` lm-eval model
 import yaml
 
+import scripted_lm  # noqa: F401  registers the `scripted` lm-eval model
 from fireact_bench.harness.benchmark import leaderboard, regress
 from fireact_bench.harness.benchmark.cells import read_cells
 from fireact_bench.harness.benchmark.grid import load_grid

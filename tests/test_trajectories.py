@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fireact_bench.adapters.trajectories import (append_jsonl, import_fireact, load_validated, read_jsonl,
-                                                 validate, write_jsonl)
+from fireact_bench.adapters.trajectories import append_jsonl, import_fireact, load_validated, read_jsonl, validate, write_jsonl
 from fireact_bench.harness.settings import data_dir
 
 FIX = Path(__file__).parent / "fixtures" / "trajectories"

@@ -11,8 +11,8 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from fireact_bench.harness.agent import methods
 from fireact_bench.harness.agent.methods import Step

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from fireact_bench.harness.data import release
@@ -48,7 +48,7 @@ class Step:
         return {name: getattr(self, name) for name in self.RECORD_FIELDS}
 
     @classmethod
-    def from_dict(cls, data) -> "Step":
+    def from_dict(cls, data) -> Step:
         if not isinstance(data, dict):
             raise TypeError(f"a step is an object with {', '.join(cls.RECORD_FIELDS)}, not {type(data).__name__}")
         unknown = set(data) - set(cls.RECORD_FIELDS)
@@ -138,7 +138,7 @@ def parse_answer(method: str, text: str) -> tuple[str | None, list[str]]:
     raise ValueError(f"method {method!r} has no single-generation answer; known: {SINGLE_METHODS}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def fewshot_prompt(method: str, dataset: str) -> str:
     """FireAct's few-shot prompt text for a method and dataset (reflexion uses ReAct's examples)."""
     name = PROMPT_SET.get(dataset)

@@ -29,7 +29,7 @@ class QuestionResult:
                "prompt_tokens", "gen_tokens", "wall_s")
 
     @classmethod
-    def of(cls, doc: dict, episode: dict) -> "QuestionResult":
+    def of(cls, doc: dict, episode: dict) -> QuestionResult:
         """Score an episode summary (Episode.summary()) against the question's gold answer."""
         counts = {k: float(episode.get(k, 0) or 0) for k in cls.METRICS if k not in ("em", "f1")}
         return cls(id=str(doc["id"]), answer=episode.get("answer"), **score(doc["kind"], episode.get("answer"), doc["answer"]),
@@ -39,7 +39,7 @@ class QuestionResult:
         return {k: getattr(self, k) for k in self.METRICS}
 
     @classmethod
-    def from_sample(cls, sample: dict) -> "QuestionResult":
+    def from_sample(cls, sample: dict) -> QuestionResult:
         """From an lm-eval sample of a fireact task: its doc, its metrics, its filtered episode."""
         return cls(id=str(sample["doc"]["id"]), answer=sample["filtered_resps"][0].get("answer"),
                    **{k: float(sample.get(k, 0) or 0) for k in cls.METRICS})
@@ -48,6 +48,6 @@ class QuestionResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "QuestionResult":
+    def from_dict(cls, data: dict) -> QuestionResult:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

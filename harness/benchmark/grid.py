@@ -26,8 +26,19 @@ from pathlib import Path
 
 import yaml
 
-from fireact_bench.harness.study import (CLEAN, EVAL_DATASETS, FINETUNED, METHOD_MIXES, NOISE_P, NOISES, PROMPTING,
-                                         TASK_MIXES, TOOL_METHODS, is_local_hf, task_name)
+from fireact_bench.harness.study import (
+    CLEAN,
+    EVAL_DATASETS,
+    FINETUNED,
+    METHOD_MIXES,
+    NOISE_P,
+    NOISES,
+    PROMPTING,
+    TASK_MIXES,
+    TOOL_METHODS,
+    is_local_hf,
+    task_name,
+)
 
 GRIDS_DIR = Path(__file__).parent / "grids"
 KNOWN_KEYS = {"name", "description", "limit", "seeds", "noise_p", "models", "prompting", "finetuning", "datasets", "noise"}

@@ -39,7 +39,7 @@ class _TaskLoader(yaml.SafeLoader):
 _TaskLoader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def task_config(task: str) -> tuple[str, dict]:
     """(text, parsed) of a task's YAML file."""
     path = Path(TASKS_DIR) / "generated" / f"{task}.yaml"
@@ -63,7 +63,7 @@ def gen_kwargs(cell: Cell) -> str | None:
     return f"fireact.seed={cell.seed},fireact.noise_p={cell.noise_p}" if cell.uses_tool else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def questions_hash(task: str, limit: int | None) -> str:
     from fireact_bench.harness.data.questions import docs_hash, load_docs
 
@@ -78,13 +78,13 @@ def prompt_hash(cell: Cell) -> str:
     return digest([text, methods.fingerprint(options.method, options.dataset)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tool_hash(options: AgentOptions) -> str:
     """The fingerprint of the tool these options build (constructing it reads its corpus, not the network)."""
     return options.make_tool().fingerprint()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_hash(model_json: str) -> str:
     from fireact_bench.harness.lmeval.backbones import model_fingerprint
 
@@ -93,7 +93,7 @@ def model_hash(model_json: str) -> str:
     return model_fingerprint(str(pretrained)) if is_local_hf(model["inner"]) and pretrained else digest(model)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adapter_plan(model_json: str, adapter_json: str):
     """(key, FinetuneConfig, TrainingSet) of an adapter: built from data and config, before any training."""
     from fireact_bench.adapters.finetune import plan_training, preset, run_id

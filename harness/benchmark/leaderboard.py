@@ -98,7 +98,8 @@ def markdown(board: dict) -> str:
     lines = [f"# Leaderboard: grid `{board['grid']}`", "",
              "Exact match (EM) in %, ± its standard error, with the 95% Wilson interval; wall time and cost per question.",
              "Rows with the same `group` ran on the same questions with the same search corpus and noise draws.", "",
-             "| model | method | train data | dataset | noise | n | EM % | 95% CI | F1 % | finished % | steps | format err/turn | tool err/q | s/question | group |",
+             "| model | method | train data | dataset | noise | n | EM % | 95% CI | F1 % | finished % | steps "
+             "| format err/turn | tool err/q | s/question | group |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in board["rows"]:
         data = "-" if not r["adapter"] else f"{r['adapter']['methods']} / {r['adapter']['tasks']} / {r['adapter']['size']}"

@@ -17,8 +17,8 @@ import json
 import os
 import re
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from fireact_bench.harness.settings import data_dir
 

@@ -89,7 +89,7 @@ class FireActLM(LM):
         self._tools: dict[AgentOptions, object] = {}
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "FireActLM":
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> FireActLM:
         from lm_eval.utils import simple_parse_args_string
 
         args = simple_parse_args_string(arg_string)
@@ -97,7 +97,7 @@ class FireActLM(LM):
         return cls(**args, additional_config=extra)
 
     @classmethod
-    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "FireActLM":
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> FireActLM:
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls(**arg_dict, additional_config=extra)
 

@@ -13,8 +13,9 @@ TASKS_DIR = str(Path(__file__).resolve().parents[2] / "tasks")
 
 def eval_main(argv: list[str] | None = None) -> None:
     """lm-eval with every flag it has, plus `--model fireact` and the fireact_* tasks."""
-    import fireact_bench.harness.lmeval.agent_lm  # noqa: F401  registers the `fireact` model
     from lm_eval.__main__ import cli_evaluate
+
+    import fireact_bench.harness.lmeval.agent_lm  # noqa: F401  registers the `fireact` model
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--include_path" not in args and any(a not in ("ls", "validate", "-h", "--help") for a in args[:1]):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from fireact_bench.harness.agent.loop import read_summary
 from fireact_bench.harness.agent.methods import build_context, parse_answer
-from fireact_bench.harness.data import questions as datasets
 from fireact_bench.harness.agent.result import QuestionResult
+from fireact_bench.harness.data import questions as datasets
 
 load = datasets.load
 

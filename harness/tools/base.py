@@ -5,8 +5,6 @@ from __future__ import annotations
 import collections
 import unicodedata
 
-from fireact_bench.harness.files import digest
-
 NO_RESULTS = "No results found."
 
 

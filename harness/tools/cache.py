@@ -1,10 +1,10 @@
 """A persistent sqlite cache in front of any backend."""
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
-import os
 
 from fireact_bench.harness.files import digest
 from fireact_bench.harness.tools.base import CacheMiss, SearchBackend, normalize_query

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 from fireact_bench.harness.files import digest
 from fireact_bench.harness.tools.base import NO_RESULTS, SearchError
@@ -44,7 +43,7 @@ class GoogleSearch(LiveBackend):
                 if err.resp.status == 429 or err.resp.status >= 500:
                     raise Retryable(f"HTTP {err.resp.status}") from None
                 raise SearchError(f"google search for {query!r} failed: {self._redact(str(err))}") from None
-            except (TimeoutError, socket.timeout) as err:
+            except TimeoutError as err:
                 raise Retryable(f"time-out ({err})") from None
             items = result.get("items") or []
             return " ".join(items[0].get("snippet", "").split()) if items else NO_RESULTS

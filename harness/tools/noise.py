@@ -43,7 +43,7 @@ class NoisyTool(SearchBackend):
             )
 
     def _rng(self, key: str) -> random.Random:
-        seed = hashlib.sha256(f"{self.seed}|{key}".encode("utf-8")).digest()
+        seed = hashlib.sha256(f"{self.seed}|{key}".encode()).digest()
         return random.Random(int.from_bytes(seed[:8], "big"))
 
     def search(self, query: str, *, key: str = "") -> str:

@@ -14,7 +14,6 @@ from fireact_bench.harness.study import EPISODE_FINISHED
 from fireact_bench.harness.tools.base import NO_RESULTS, SearchBackend, normalize_query
 from fireact_bench.harness.tools.bm25 import BM25Index
 
-
 # An action line, then its observation up to the next Thought/Action/Observation line (or the end).
 _PAIR = re.compile(
     r"^Action:[ \t]*search\[([^\n]*)\][ \t]*\n+Observation:[ \t]*(.*?)[ \t]*(?=\n(?:Thought|Action|Observation)\b|\Z)",

@@ -32,7 +32,7 @@ class SerpAPISearch(LiveBackend):
                 if err.code == 429 or err.code >= 500:
                     raise Retryable(f"HTTP {err.code}") from None
                 raise SearchError(f"serpapi search for {query!r} failed: HTTP {err.code} {err.reason}") from None
-            except (TimeoutError, socket.timeout) as err:
+            except TimeoutError as err:
                 raise Retryable(f"time-out ({err})") from None
             except urllib.error.URLError as err:
                 if isinstance(err.reason, (TimeoutError, socket.timeout)):
