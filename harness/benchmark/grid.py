@@ -92,6 +92,10 @@ def grid_path(name_or_path: str) -> Path:
     raise FileNotFoundError(f"no grid {name_or_path!r}: not a .yaml file, and the shipped grids are {known}")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's `true` is not a number here
+
+
 def _list(raw: dict, key: str, allowed, where: str, default=None) -> list:
     value = raw.get(key, default)
     if value is None:
@@ -117,12 +121,14 @@ def load_grid(name_or_path: str) -> Grid:
         raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(KNOWN_KEYS)}")
     where = str(path)
     limit = raw.get("limit")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"{where}: field 'limit' must be a positive integer or absent (all questions)")
+    if limit is not None and not (_is_int(limit) and limit >= 1):
+        raise ValueError(f"{where}: field 'limit' must be a positive integer or absent (all questions), not {limit!r}")
     seeds = _list(raw, "seeds", None, where, [0])
-    if not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"{where}: field 'seeds' must be integers")
-    noise_p = float(raw.get("noise_p", 0.5))
+    if not seeds or not all(_is_int(s) for s in seeds):
+        raise ValueError(f"{where}: field 'seeds' must list integers (or be absent: [0]), not {raw.get('seeds')!r}")
+    noise_p = raw.get("noise_p", NOISE_P)
+    if not (isinstance(noise_p, (int, float)) and not isinstance(noise_p, bool) and 0 <= noise_p <= 1):
+        raise ValueError(f"{where}: field 'noise_p' must be a probability in [0, 1], not {noise_p!r}")
     models = [_model(m, f"{where}: models[{i}]") for i, m in enumerate(raw.get("models") or [])]
     if not models:
         raise ValueError(f"{where}: field 'models' must list at least one model")
@@ -145,6 +151,8 @@ def load_grid(name_or_path: str) -> Grid:
                     for noise in noises:
                         cells.append(Cell(model, FINETUNED, dataset, noise, seed, limit, noise_p, {**adapter, "seed": seed}))
     unique = list({json.dumps(c.spec(), sort_keys=True): c for c in cells}.values())
+    if not unique:
+        raise ValueError(f"{where}: the grid has no cells (fields 'prompting' and 'finetuning' are both empty)")
     return Grid(raw.get("name", path.stem), path, unique, raw.get("description", ""))
 
 
@@ -173,14 +181,26 @@ def _adapters(raw, models: list[dict], where: str) -> dict[str, list[dict]]:
     methods = _list(raw, "methods", METHOD_MIXES, where, ["react"])
     tasks = _list(raw, "tasks", TASK_MIXES, where, ["hotpotqa"])
     sizes = _list(raw, "sizes", None, where, ["all"])
-    if any(s != "all" and not (isinstance(s, int) and s > 0) for s in sizes):
+    if not sizes or any(s != "all" and not (_is_int(s) and s > 0) for s in sizes):
         raise ValueError(f"{where}: sizes are positive integers or 'all'")
     config = dict(raw.get("config") or {})
     base = config.pop("preset", "small")
     known = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"base_model", "seed"}
     if set(config) - known:
         raise ValueError(f"{where}: unknown config field(s) {sorted(set(config) - known)}; known: {sorted(known)}")
-    preset(base, **config)  # fails here, not hours later, on a bad value
+    try:
+        resolved = preset(base, **config)  # fails here, not hours later, on a bad value
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}.config: {err}") from None
+    for f in dataclasses.fields(FinetuneConfig):  # each value of the kind its default has
+        value, default = getattr(resolved, f.name), f.default
+        ok = (isinstance(value, bool) if isinstance(default, bool) else
+              _is_int(value) if isinstance(default, int) else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
+              isinstance(value, str) or isinstance(value, list) and all(isinstance(v, str) for v in value))
+        if not ok:
+            raise ValueError(f"{where}.config: field {f.name!r} must be {type(default).__name__}-valued "
+                             f"like its default {default!r}, not {value!r}")
     names = raw.get("models") or [m["name"] for m in models if is_local_hf(m["inner"])]
     unknown = sorted(set(names) - {m["name"] for m in models})
     if unknown:

@@ -4,7 +4,7 @@
     prompt      the task file and the method: every prompt constant, template and the parser (agent/methods)
     tool        the tool the cell's options really build: backend and its corpus, cache, noise kind, p, seed
     model       the weights of a local model (lmeval/backbones), or the model's settings for an API model
-    adapter     the adapter's key: training config, data hash, training code, base model
+    adapter     the adapter's key: training config, data hash, base model, training code (TRAIN_CODE)
     code        the sources of the evaluation code (agent, tools, data, lmeval, tasks)
     versions    the packages it ran with
 
@@ -30,6 +30,8 @@ from fireact_bench.harness.provenance import source_fingerprint, versions
 from fireact_bench.harness.study import CLEAN, FINETUNED, is_local_hf
 
 EVAL_CODE = ("harness/agent", "harness/tools", "harness/data", "harness/lmeval", "harness/study.py", "tasks")
+TRAIN_CODE = ("adapters/trajectories.py", "adapters/sft_data.py", "adapters/finetune.py", "harness/agent/methods.py",
+              "harness/data/release.py", "harness/study.py")
 
 
 class _TaskLoader(yaml.SafeLoader):
@@ -75,7 +77,8 @@ def questions_hash(task: str, limit: int | None) -> str:
 def prompt_hash(cell: Cell) -> str:
     text, _ = task_config(cell.task)
     options = cell_options(cell)
-    return digest([text, methods.fingerprint(options.method, options.dataset)])
+    # the study's vocabulary holds prompt text too (Reflexion's reminders)
+    return digest([text, methods.fingerprint(options.method, options.dataset), source_fingerprint("harness/study.py")])
 
 
 @functools.cache
@@ -102,7 +105,7 @@ def adapter_plan(model_json: str, adapter_json: str):
     config = preset(adapter["preset"], **adapter["config"], base_model=str(model["model_args"]["pretrained"]),
                     seed=adapter["seed"])
     config, data, _ = plan_training(config, methods=adapter["methods"], tasks=adapter["tasks"], size=adapter["size"])
-    key = digest([run_id(config, data.data_hash), model_hash(model_json)])
+    key = digest([run_id(config, data.data_hash), model_hash(model_json), source_fingerprint(*TRAIN_CODE)])
     return key, config, data
 
 

@@ -20,7 +20,7 @@ from fireact_bench.harness.agent.result import QuestionResult
 from fireact_bench.harness.benchmark import identity
 from fireact_bench.harness.benchmark.cells import RESULTS_DIR, adapters_dir, cells_dir, read_cells, write_index
 from fireact_bench.harness.benchmark.grid import GRIDS_DIR, Cell, Grid, load_grid
-from fireact_bench.harness.files import write_json, write_lines
+from fireact_bench.harness.files import check_writable, write_json, write_lines
 from fireact_bench.harness.study import FINETUNED
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ def sweep(grid: Grid | str, results: Path = RESULTS_DIR, adapters: Path | None =
     grid = load_grid(grid) if isinstance(grid, str) else grid
     cells, adapters = cells_dir(results), Path(adapters or adapters_dir(results))
     cells.mkdir(parents=True, exist_ok=True)
+    check_writable(cells)
     ids = index(grid, results)
     todo = [(cid, cell) for cid, cell in ids if not (cells / f"{cid}.json").exists()]
     summary = {"grid": grid.name, "cells": len(ids), "skipped": len(ids) - len(todo), "finished": 0, "failed": []}
@@ -95,6 +96,7 @@ def sweep(grid: Grid | str, results: Path = RESULTS_DIR, adapters: Path | None =
             result = run_cell(cell, adapters, cells, cid)
         except Exception as err:  # recorded, and the sweep goes on
             log.exception("cell %s (%s) failed", cid, cell.label())
+            # a store that cannot take the record (disk full, read-only) ends the sweep with this one error
             write_json(failed_path, {"cell_id": cid, "status": "failed", "cell": cell.spec(), "label": cell.label(),
                                      "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]})
             summary["failed"].append({"cell_id": cid, "label": cell.label(), "error": f"{type(err).__name__}: {err}"})

@@ -16,6 +16,7 @@ from fireact_bench.harness.settings import data_dir
 
 FIREACT_HOTPOTQA_SEED, FIREACT_HOTPOTQA_N = 233, 500
 MMLU_LETTERS = "ABCD"
+KINDS = ("qa", "yesno", "choice")  # the scoring rules (agent/scoring.py)
 
 
 def _doc(id_, question, answer, kind="qa", **extra) -> dict:
@@ -97,19 +98,30 @@ def mmlu(subject: str = "all", split: str = "test", source: str = "fireact") -> 
 
 def jsonl(path: str, kind: str = "qa") -> list[dict]:
     """A user's question file: one JSON object a line with "question" and "answer" (and optionally "id")."""
-    docs = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            for key in ("question", "answer"):
-                if not isinstance(row, dict) or not isinstance(row.get(key), (str, int, float, bool)):
-                    raise ValueError(f"{path}:{line_no}: missing or non-text field {key!r}")
-            docs.append(_doc(row.get("id", line_no), row["question"], row["answer"], kind=row.get("kind", kind)))
+    docs, lines_of = [], {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            rows = [(line_no, line) for line_no, line in enumerate(fh, 1) if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    for line_no, line in rows:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line_no}: expected an object with \"question\" and \"answer\"")
+        for key in ("question", "answer"):
+            if not isinstance(row.get(key), (str, int, float)) or isinstance(row.get(key), bool) or not str(row[key]).strip():
+                raise ValueError(f"{path}:{line_no}: field {key!r} is missing, empty or not text")
+        if row.get("kind", kind) not in KINDS:
+            raise ValueError(f"{path}:{line_no}: field 'kind' must be one of {', '.join(KINDS)}")
+        doc = _doc(row.get("id", line_no), row["question"], row["answer"], kind=row.get("kind", kind))
+        # the id seeds the tool noise and pairs the comparisons: it must name one question
+        if doc["id"] in lines_of:
+            raise ValueError(f"{path}:{line_no}: id {doc['id']!r} repeats line {lines_of[doc['id']]}")
+        lines_of[doc["id"]] = line_no
+        docs.append(doc)
     if not docs:
         raise ValueError(f"{path}: no questions")
     return docs
