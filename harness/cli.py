@@ -3,18 +3,9 @@ project plugged in, lives in lmeval/api.py)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from fireact_bench.harness.lmeval.api import eval_main  # noqa: F401  the `fireact-eval` entry point
-
-
-def rescore_main(args: argparse.Namespace) -> None:
-    from fireact_bench.harness.benchmark.rescore import rescore_file
-
-    report = rescore_file(args.path, dataset_kind=args.kind)
-    print(json.dumps(report, indent=2))
-
 
 # Subcommands with argument parsers of their own: name -> (module, help)
 DELEGATED = {
@@ -22,6 +13,8 @@ DELEGATED = {
     "finetune": ("fireact_bench.adapters.finetune", "FireAct trajectories -> validated training set -> fine-tuned backbone"),
     "benchmark": ("fireact_bench.harness.benchmark.sweep", "run a grid (fine-tuning where needed), resumable; write the leaderboard and plots"),
     "leaderboard": ("fireact_bench.harness.benchmark.leaderboard", "rebuild a grid's leaderboard from its cell results"),
+    "rescore": ("fireact_bench.harness.benchmark.rescore", "re-score recorded trajectories (FireAct's trajs/*.json or "
+                "lm-eval samples JSONL) without a model, over every question of the set they were run on"),
     "regress": ("fireact_bench.harness.benchmark.regress", "re-run the regression slice and compare it with the committed baseline"),
 }
 
@@ -31,17 +24,11 @@ def main(argv: list[str] | None = None) -> int | None:
 
     parser = argparse.ArgumentParser(prog="fireact-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    rescore = sub.add_parser("rescore", help="re-score recorded trajectories (FireAct's trajs/*.json or lm-eval samples JSONL) without a model")
-    rescore.add_argument("path")
-    rescore.add_argument("--kind", default="qa", choices=["qa", "yesno", "choice"], help="scoring rule when the file does not say")
-    rescore.set_defaults(func=rescore_main)
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(argv)
     try:
-        if args.command in DELEGATED:
-            return importlib.import_module(DELEGATED[args.command][0]).main(rest)
-        return args.func(args)
+        return importlib.import_module(DELEGATED[args.command][0]).main(rest)
     except (ValueError, OSError) as err:  # a bad file or setting, a store that cannot be written: one line that names it
         print(f"fireact-bench {args.command}: {err}", file=sys.stderr)
         return 2
