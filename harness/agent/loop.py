@@ -3,7 +3,9 @@
 `generate(contexts, gen_kwargs) -> outputs` is the only thing asked of a model, so any lm-eval LM
 (or a scripted one in tests) drives it. A malformed turn never ends an episode early: it is counted
 and answered with an "Invalid action" observation, as in ReAct. An episode that reaches the step
-limit without finish[...] has no answer, scores 0 and stays in the denominator.
+limit without finish[...] has no answer, scores 0 and stays in the denominator. A search the tool fails
+to answer does not end the run either: the model is told, as a flaky API would tell it, and the failure is
+counted; only when failures pass AgentOptions.max_tool_error_rate does the run stop (ToolFailureRateExceeded).
 """
 from __future__ import annotations
 
@@ -17,11 +19,20 @@ from dataclasses import dataclass, field
 from fireact_bench.harness.agent import methods
 from fireact_bench.harness.agent.methods import Step
 from fireact_bench.harness.study import EPISODE_FINISHED, MAX_STEPS, METHODS, NOISE_P, NOISES, SINGLE_METHODS, TOOL_METHODS
+from fireact_bench.harness.tools.base import SearchError
 
 log = logging.getLogger(__name__)
 # Worded without a literal finish[...]: small models copy an example action straight into their answer.
 INVALID_ACTION = "Invalid action: the Action line must be search or finish with its argument in square brackets."
 EPISODE_LINE = "Episode: "  # last line of a returned trajectory: the machine-readable summary
+SEARCH_FAILED = "Search failed: "  # the observation of a search the tool could not answer, then the short reason
+# max_tool_error_rate applies from this many searches of a run on: an early flake (1 of 1) never stops a run,
+# while a dead key or a service that is down stops it at its 4th search.
+MIN_TOOL_CALLS = 4
+
+
+class ToolFailureRateExceeded(RuntimeError):
+    """Too many of the run's searches failed for its scores to mean anything; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class AgentOptions:
     tool_args: str = ""  # JSON object of the backend's options, e.g. {"corpus": "passages.jsonl"} for bm25
     cache: str = ""  # sqlite search cache in front of the tool ("" = none)
     cache_mode: str = "record"
+    # Stop the run once more than this share of its searches failed (from MIN_TOOL_CALLS on); 1.0: never stop.
+    max_tool_error_rate: float = 0.5
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -48,6 +61,8 @@ class AgentOptions:
             raise ValueError(f"unknown noise {self.noise!r}; known: {', '.join(NOISES)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 1 (or 0 for the method's default), got {self.max_steps}")
+        if not 0.0 <= self.max_tool_error_rate <= 1.0:
+            raise ValueError(f"max_tool_error_rate must be in [0, 1], got {self.max_tool_error_rate}")
         if not self.max_steps:
             object.__setattr__(self, "max_steps", MAX_STEPS[self.method])
 
@@ -155,11 +170,29 @@ def _advance(ep: Episode, output: str, truncated: bool, config: AgentOptions, to
         step.observation = EPISODE_FINISHED
     elif step.action == "search":
         before = _hits(tool)
-        step.observation = tool.search(step.argument, key=f"{ep.key}:{len(ep.steps)}")
-        ep.tool_calls += 1
+        step.observation = _search(ep, step.argument, config, tool)
         ep.cache_hits += _hits(tool) - before
     else:
         step.observation = INVALID_ACTION
+
+
+def _search(ep: Episode, query: str, config: AgentOptions, tool) -> str:
+    """The tool's answer, or SEARCH_FAILED and the reason. Failures are counted for the episode and, on the
+    tool's stats, for the whole run (a FireActLM keeps one tool per option set), whose failure rate decides."""
+    stats = tool.stats
+    calls = stats["run_tool_calls"] = stats.get("run_tool_calls", 0) + 1
+    ep.tool_calls += 1
+    try:
+        return tool.search(query, key=f"{ep.key}:{len(ep.steps)}")
+    except SearchError as err:  # CacheMiss is no SearchError: a replay_only run that needs the network stops
+        ep.tool_errors += 1
+        failed = stats["run_tool_errors"] = stats.get("run_tool_errors", 0) + 1
+        log.warning("%s: %d of %d searches failed so far: %s", config.tool, failed, calls, err)
+        if calls >= MIN_TOOL_CALLS and failed > config.max_tool_error_rate * calls:
+            raise ToolFailureRateExceeded(
+                f"{config.tool} search failed {failed} of {calls} times in this run, more than "
+                f"max_tool_error_rate={config.max_tool_error_rate}; last: {err}") from None
+        return SEARCH_FAILED + err.reason
 
 
 def read_summary(response: str) -> tuple[str, dict | None]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from fireact_bench.harness.agent.result import QuestionResult
 from fireact_bench.harness.benchmark.cells import RESULTS_DIR, cells_dir, other_versions, read_cells, read_index
 from fireact_bench.harness.benchmark.grid import load_grid
-from fireact_bench.harness.benchmark.stats import paired_difference, stderr, wilson
+from fireact_bench.harness.benchmark.stats import holm, mcnemar_exact, paired_difference, stderr, wilson
 from fireact_bench.harness.files import write_json, write_text
 from fireact_bench.harness.study import FINETUNED
 
@@ -60,28 +60,44 @@ def build(results: list[dict], grid: str, failed: list[dict] = (), missing: list
                                                               json.dumps(r["adapter"], sort_keys=True), r["seed"]))
     return {"schema_version": SCHEMA_VERSION, "grid": grid, "rows": rows,
             "failed": [{"cell_id": f["cell_id"], "label": f["label"], "error": f["error"]} for f in failed],
-            "missing": list(missing), "comparisons": compare_ft_to_prompting(results)}
+            "missing": list(missing), "comparisons": comparisons(results)}
 
 
-def compare_ft_to_prompting(results: list[dict]) -> list[dict]:
-    """FireAct's central question per model, dataset and noise: fine-tuned minus few-shot ReAct exact match,
-    paired over the same questions (standard error of the per-question differences)."""
+def comparisons(results: list[dict]) -> list[dict]:
+    """Every fine-tuned row against each prompting row of its group, and fine-tuned rows against each other,
+    on the same questions with the same tool: the paired exact-match difference (a - b) with its 95% CI, the
+    exact McNemar test of the per-question outcomes, and Holm's adjustment across all of the grid's tests."""
     by_group = defaultdict(list)
     for r in results:
         by_group[(r["cell"]["model"]["name"], r["comparability"]["group"])].append(r)
     out = []
     for (model, _), members in sorted(by_group.items()):
-        prompted = [r for r in members if r["cell"]["method"] == "react"]
-        for ft in (r for r in members if r["cell"]["method"] == FINETUNED):
-            for base in prompted:
-                diff = paired_difference({q["id"]: q["em"] for q in ft["per_question"]},
-                                         {q["id"]: q["em"] for q in base["per_question"]})
-                if diff is None:
-                    continue
-                out.append({"model": model, "dataset": ft["cell"]["dataset"], "noise": ft["cell"]["noise"],
-                            "finetuned": ft["cell_id"], "prompted": base["cell_id"], "n": diff["n"],
-                            "delta_em": diff["delta"], "delta_em_stderr": diff["stderr"], "delta_em_ci95": diff["ci95"]})
+        tuned = sorted((r for r in members if r["cell"]["method"] == FINETUNED), key=_label)
+        prompted = sorted((r for r in members if r["cell"]["method"] != FINETUNED), key=_label)
+        pairs = [(ft, base, "ft_vs_prompting") for ft in tuned for base in prompted]
+        pairs += [(x, y, "ft_vs_ft") for i, x in enumerate(tuned) for y in tuned[i + 1:]]
+        for a, b, kind in pairs:
+            em_a = {q["id"]: q["em"] for q in a["per_question"]}
+            em_b = {q["id"]: q["em"] for q in b["per_question"]}
+            diff = paired_difference(em_a, em_b)
+            if diff is None:
+                continue
+            out.append({"kind": kind, "model": model, "dataset": a["cell"]["dataset"], "noise": a["cell"]["noise"],
+                        "a": a["cell_id"], "a_label": _label(a), "b": b["cell_id"], "b_label": _label(b), "n": diff["n"],
+                        "delta_em": diff["delta"], "delta_em_stderr": diff["stderr"], "delta_em_ci95": diff["ci95"],
+                        "mcnemar": mcnemar_exact(em_a, em_b)})
+    for c, adjusted in zip(out, holm([c["mcnemar"]["p"] for c in out])):
+        c["p_holm"] = adjusted
     return out
+
+
+def _label(result: dict) -> str:
+    """What a row is, in a grid's words: the method, or the fine-tuning data mix."""
+    cell = result["cell"]
+    if cell["method"] != FINETUNED:
+        return f"few-shot {cell['method']}"
+    a = cell["adapter"]
+    return f"ft {a['methods']}/{a['tasks']}/{a['size'] or 'all'}"
 
 
 def validate(board: dict) -> None:
@@ -113,12 +129,17 @@ def markdown(board: dict) -> str:
         lines += ["", "† finished under other package versions than this environment's: "
                   + "; ".join(sorted({f"{k} {a} → {b}" for r in stale for k, (a, b) in r["other_versions"].items()}))]
     if board["comparisons"]:
-        lines += ["", "## Fine-tuned against few-shot ReAct (paired, same questions)", "",
-                  "| model | dataset | noise | n | ΔEM (points) | 95% CI |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Paired comparisons (same questions, same tool)", "",
+                  "ΔEM = a − b in points over the questions both rows ran, 95% CI of the paired difference; McNemar: exact "
+                  "test on the questions only one row got right (a only / b only); p Holm: adjusted over all comparisons "
+                  "of the grid.", "",
+                  "| model | dataset | noise | a | b | n | ΔEM (points) | 95% CI | a only / b only | McNemar p | p Holm |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in board["comparisons"]:
             lo, hi = c["delta_em_ci95"]
-            lines.append(f"| {c['model']} | {c['dataset']} | {c['noise']} | {c['n']} | {100 * c['delta_em']:+.1f} ± "
-                         f"{100 * c['delta_em_stderr']:.1f} | {100 * lo:+.1f} to {100 * hi:+.1f} |")
+            lines.append(f"| {c['model']} | {c['dataset']} | {c['noise']} | {c['a_label']} | {c['b_label']} | {c['n']} | "
+                         f"{100 * c['delta_em']:+.1f} ± {100 * c['delta_em_stderr']:.1f} | {100 * lo:+.1f} to {100 * hi:+.1f} | "
+                         f"{c['mcnemar']['a_only']} / {c['mcnemar']['b_only']} | {c['mcnemar']['p']:.3g} | {c['p_holm']:.3g} |")
     if board["failed"] or board["missing"]:
         lines += ["", "## Not finished", ""] + [f"- failed: {f['label']}: {f['error']}" for f in board["failed"]] + \
                  [f"- not run yet: cell {cid}" for cid in board["missing"]]

@@ -5,11 +5,23 @@ from __future__ import annotations
 import collections
 import unicodedata
 
+from fireact_bench.harness.tools.secrets import redact
+
 NO_RESULTS = "No results found."
+# The longest observation a backend returns. FireAct's recorded Google observations are at most 495 characters
+# (median 154): twice that keeps every real snippet whole, while a runaway answer (a 30 MB field) cannot flood the
+# model's context or the samples. Live backends cut their answers to it; replay returns FireAct's own recordings
+# unchanged (all shorter) and bm25 cuts to its own max_chars (600 by default).
+MAX_OBSERVATION_CHARS = 1000
 
 
 class SearchError(RuntimeError):
-    """A search that could not be answered (after retries); messages never contain API keys."""
+    """A search that could not be answered (after retries). `reason` is the short cause, which the agent's
+    observation shows; message and reason are redacted and put on one line here, so no API key survives in either."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(" ".join(redact(message).split()))
+        self.reason = truncate(" ".join(redact(reason).split()), 200) or str(self)
 
 
 class CacheMiss(KeyError):

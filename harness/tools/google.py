@@ -26,7 +26,7 @@ class GoogleSearch(LiveBackend):
             import httplib2
 
             if not self.cse_id:
-                raise SearchError("google search needs a search engine id in the environment variable GOOGLE_CSE_ID")
+                raise SearchError("no search engine id: set the environment variable GOOGLE_CSE_ID")
             http = self._http or httplib2.Http(timeout=self.timeout)
             self._service = googleapiclient.discovery.build(
                 "customsearch", "v1", developerKey=self._api_key(), http=http, static_discovery=True
@@ -39,12 +39,11 @@ class GoogleSearch(LiveBackend):
         def call():
             try:
                 result = self._client().cse().list(q=query, cx=self.cse_id, num=1).execute()
-            except HttpError as err:
+            except HttpError as err:  # its str() holds the request URL, key included: only status and reason
                 if err.resp.status == 429 or err.resp.status >= 500:
                     raise Retryable(f"HTTP {err.resp.status}") from None
-                raise SearchError(f"google search for {query!r} failed: {self._redact(str(err))}") from None
-            except TimeoutError as err:
-                raise Retryable(f"time-out ({err})") from None
+                raise SearchError(f"HTTP {err.resp.status} {err.reason}") from None
+            # a malformed answer fails here, and leaves as a SearchError like every failure (LiveBackend)
             items = result.get("items") or []
             return " ".join(items[0].get("snippet", "").split()) if items else NO_RESULTS
 

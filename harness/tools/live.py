@@ -1,73 +1,70 @@
-"""What the web APIs share: the key from the environment, retries with backoff, and redaction of keys."""
+"""What the web APIs share: the key from the environment, retries with backoff, and one rule for failures:
+whatever goes wrong inside a backend leaves it as a SearchError (redacted), never as a raw exception."""
 from __future__ import annotations
 
+import http.client
 import logging
 import os
-import re
 import time
 
-from fireact_bench.harness.tools.base import SearchBackend, SearchError
+from fireact_bench.harness.tools import secrets
+from fireact_bench.harness.tools.base import MAX_OBSERVATION_CHARS, SearchBackend, SearchError, truncate
 
 logger = logging.getLogger(__name__)
 
-_KEY_IN_URL = re.compile(r"((?:api_key|key)=)[^&\s'\"]+")
+
+class Retryable(Exception):
+    """A failure a backend judged worth another try (rate limits, server errors)."""
+
+
+# Failures a second try may not meet: time-outs and connections cut mid-answer.
+TRANSIENT = (Retryable, TimeoutError, ConnectionResetError, ConnectionAbortedError, http.client.IncompleteRead)
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, (Retryable, SearchError)):
+        return str(err)
+    if isinstance(err, TimeoutError):
+        return f"time-out ({err})"
+    return f"{type(err).__name__}: {err}"  # anything else: a malformed answer, a broken connection, ...
 
 
 class LiveBackend(SearchBackend):
-    """Shared by the web APIs: credentials from the environment, retries, redaction."""
+    """Shared by the web APIs: credentials from the environment, retries, failures as SearchError."""
 
     key_env = ""
 
     def __init__(self, *, max_retries: int = 5, base_delay: float = 1.0, timeout: float = 30.0):
         super().__init__()
+        # timeout: seconds for one whole request, its answer read to the end included
         self.max_retries, self.base_delay, self.timeout = max_retries, base_delay, timeout
         # Read at construction, checked at first use: a replay_only cache in front needs no key.
-        self._key = os.environ.get(self.key_env, "")
+        self._key = secrets.register(os.environ.get(self.key_env, ""))
 
     def _api_key(self) -> str:
         if not self._key:
-            raise SearchError(f"{self.name} search needs an API key in the environment variable {self.key_env}")
+            raise SearchError(f"no API key: set the environment variable {self.key_env}")
         return self._key
 
-    def _redact(self, text: str) -> str:
-        if self._key:
-            text = text.replace(self._key, "***")
-        return _KEY_IN_URL.sub(r"\1***", text)
-
     def _with_retries(self, query: str, call):
-        """call() -> observation; it raises Retryable for rate limits / time-outs. Backoff doubles."""
+        """call() -> the answer. It raises Retryable (or a TRANSIENT error) to be tried again with doubling backoff,
+        SearchError(reason) for a failure that another try would not mend; anything else it raises is a failure too."""
         self.stats["calls"] += 1
         for attempt in range(self.max_retries + 1):
             try:
-                return call()
-            except Retryable as err:
-                reason = self._redact(str(err))
+                return truncate(secrets.redact(call()), MAX_OBSERVATION_CHARS)
+            except TRANSIENT as err:
+                reason = _reason(err)
                 if attempt == self.max_retries:
-                    self.stats["errors"] += 1
-                    raise SearchError(
-                        f"{self.name} search for {query!r} failed after {self.max_retries} retries: {reason}"
-                    ) from None
+                    failed = f"failed after {self.max_retries} retries"
+                    break
                 delay = self.base_delay * 2**attempt
                 self.stats["retries"] += 1
                 logger.warning("%s: %s; retry %d in %.2fs", self.name, reason, attempt + 1, delay)
                 time.sleep(delay)
-            except SearchError:
-                self.stats["errors"] += 1
-                raise
-
-
-class Retryable(Exception):
-    pass
-
-
-class _RedactFilter(logging.Filter):
-    """googleapiclient logs request URLs (with key=...) at DEBUG; rewrite those records."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = _KEY_IN_URL.sub(r"\1***", record.getMessage()), ()
-        return True
-
-
-for _name in ("googleapiclient.discovery", "googleapiclient.http"):
-    logging.getLogger(_name).addFilter(_RedactFilter())
-
+            except Exception as err:
+                reason, failed = _reason(err), "failed"
+                break
+        self.stats["errors"] += 1
+        # from None: no chained traceback that could show a request URL
+        raise SearchError(f"{self.name} search for {query!r} {failed}: {reason}", reason) from None
