@@ -61,11 +61,17 @@ TASK_MIXES = {
 
 # -- models -----------------------------------------------------------------------------------------
 HF_INNER = ("hf", "huggingface", "hf-auto")  # lm-eval's names of its transformers model
+LOCAL_INNER = HF_INNER + ("vllm",)  # lm-eval models that load local weights: hashed for identity, fine-tunable
 
 
 def is_local_hf(inner: str) -> bool:
-    """Is this lm-eval model a local transformers model (its weights can be hashed and fine-tuned)?"""
+    """Is this lm-eval model lm-eval's transformers model?"""
     return inner in HF_INNER
+
+
+def has_local_weights(inner: str) -> bool:
+    """Does this lm-eval model run weights on this machine (so they can be hashed, and fine-tuned)?"""
+    return inner in LOCAL_INNER
 
 
 def task_name(dataset: str, method: str, noise: str = CLEAN) -> str:

@@ -59,3 +59,32 @@ def test_every_fine_tuned_row_meets_each_prompting_row_and_each_other_adapter_of
     assert all(c["p_holm"] >= c["mcnemar"]["p"] for c in board["comparisons"])
     md = leaderboard.markdown(board)
     assert "| m | hotpotqa | clean | ft react/hotpotqa/all | few-shot react | 20 | +50.0 ± 11.5 |" in md
+
+
+def test_each_finding_gets_its_plot_when_the_grid_has_its_rows(tmp_path):
+    def ad(methods, tasks, size):
+        return {"methods": methods, "tasks": tasks, "size": size, "preset": "small", "config": {}, "seed": 0}
+
+    results = []
+
+    def add(method, ems, adapter=None, dataset="hotpotqa", noise="clean"):
+        r = _result("0", method, ems, adapter, group=("a" if noise == "clean" else "b") * 16, noise=noise)
+        r["cell_id"], r["cell"]["dataset"] = f"{len(results):016x}", dataset
+        if adapter:
+            r["adapter"]["composition"]["size"] = adapter["size"] or 498
+        results.append(r)
+
+    for dataset in ("hotpotqa", "bamboogle"):
+        add("react", [0] * 10, dataset=dataset)
+        add("ft", [1] * 3 + [0] * 7, ad("react", "hotpotqa", None), dataset=dataset)
+    add("ft", [1] * 2 + [0] * 8, ad("react", "hotpotqa", 100))
+    add("ft", [1] * 4 + [0] * 6, ad("all", "hotpotqa", None))
+    add("react", [0] * 10, noise="random")
+    add("ft", [1] + [0] * 9, ad("react", "hotpotqa", None), noise="random")
+    board = leaderboard.build(results, "t")
+    written = leaderboard.write(board, tmp_path)
+    assert {p.name for p in written if p.suffix == ".png"} == {"prompt_vs_ft.png", "data_scaling.png", "method_mix.png",
+                                                               "noise.png", "generalization.png"}
+    assert all(p.stat().st_size > 10_000 for p in written if p.suffix == ".png")
+    only_central = leaderboard.build([results[0], results[1]], "t")  # the default grid's shape: one plot
+    assert [p.name for p in leaderboard.write(only_central, tmp_path / "c") if p.suffix == ".png"] == ["prompt_vs_ft.png"]

@@ -14,6 +14,8 @@ a data mix) × dataset × tool noise × seed, on the first `limit` questions.
       config: {preset: small}       # FinetuneConfig fields (fireact_bench.adapters.finetune)
     datasets: [hotpotqa]            # hotpotqa | bamboogle | strategyqa | mmlu
     noise: [clean, random]          # clean | none | random (tool methods only; io/cot are always clean)
+    blocks:                         # optional: sub-grids, each over the top-level fields it does not set;
+      - {noise: [clean]}            # the grid is their union (one study's several comparisons, no full product)
 
 Shipped grids live in harness/benchmark/grids/ and are named without the .yaml; any other path works too.
 """
@@ -36,7 +38,7 @@ from fireact_bench.harness.study import (
     PROMPTING,
     TASK_MIXES,
     TOOL_METHODS,
-    is_local_hf,
+    has_local_weights,
     task_name,
 )
 
@@ -116,10 +118,21 @@ def load_grid(name_or_path: str) -> Grid:
         raise ValueError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a grid is a YAML mapping")
+    blocks = raw.pop("blocks", None)
+    if blocks is None:
+        cells = _cells(raw, str(path))
+    elif not isinstance(blocks, list) or not blocks or not all(isinstance(b, dict) for b in blocks):
+        raise ValueError(f"{path}: field 'blocks' must list mappings of grid fields")
+    else:  # each block is a grid of its own over the top-level fields it does not set; the grid is their union
+        cells = [c for i, block in enumerate(blocks) for c in _cells({**raw, **block}, f"{path}: blocks[{i}]")]
+    unique = list({json.dumps(c.spec(), sort_keys=True): c for c in cells}.values())
+    return Grid(raw.get("name", path.stem), path, unique, raw.get("description", ""))
+
+
+def _cells(raw: dict, where: str) -> list[Cell]:
     unknown = sorted(set(raw) - KNOWN_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(KNOWN_KEYS)}")
-    where = str(path)
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(KNOWN_KEYS)}")
     limit = raw.get("limit")
     if limit is not None and not (_is_int(limit) and limit >= 1):
         raise ValueError(f"{where}: field 'limit' must be a positive integer or absent (all questions), not {limit!r}")
@@ -150,10 +163,9 @@ def load_grid(name_or_path: str) -> Grid:
                 for adapter in adapters.get(model["name"], []):
                     for noise in noises:
                         cells.append(Cell(model, FINETUNED, dataset, noise, seed, limit, noise_p, {**adapter, "seed": seed}))
-    unique = list({json.dumps(c.spec(), sort_keys=True): c for c in cells}.values())
-    if not unique:
+    if not cells:
         raise ValueError(f"{where}: the grid has no cells (fields 'prompting' and 'finetuning' are both empty)")
-    return Grid(raw.get("name", path.stem), path, unique, raw.get("description", ""))
+    return cells
 
 
 def _model(raw, where: str) -> dict:
@@ -201,7 +213,7 @@ def _adapters(raw, models: list[dict], where: str) -> dict[str, list[dict]]:
         if not ok:
             raise ValueError(f"{where}.config: field {f.name!r} must be {type(default).__name__}-valued "
                              f"like its default {default!r}, not {value!r}")
-    names = raw.get("models") or [m["name"] for m in models if is_local_hf(m["inner"])]
+    names = raw.get("models") or [m["name"] for m in models if has_local_weights(m["inner"])]
     unknown = sorted(set(names) - {m["name"] for m in models})
     if unknown:
         raise ValueError(f"{where}: models {unknown} are not in the grid's models")

@@ -27,7 +27,7 @@ from fireact_bench.harness.benchmark.grid import Cell
 from fireact_bench.harness.files import digest
 from fireact_bench.harness.lmeval.api import TASKS_DIR
 from fireact_bench.harness.provenance import source_fingerprint, versions
-from fireact_bench.harness.study import CLEAN, FINETUNED, is_local_hf
+from fireact_bench.harness.study import CLEAN, FINETUNED, has_local_weights
 
 EVAL_CODE = ("harness/agent", "harness/tools", "harness/data", "harness/lmeval", "harness/study.py", "tasks")
 TRAIN_CODE = ("adapters/trajectories.py", "adapters/sft_data.py", "adapters/finetune.py", "harness/agent/methods.py",
@@ -93,7 +93,7 @@ def model_hash(model_json: str) -> str:
 
     model = json.loads(model_json)
     pretrained = model["model_args"].get("pretrained") or model["model_args"].get("model")
-    return model_fingerprint(str(pretrained)) if is_local_hf(model["inner"]) and pretrained else digest(model)
+    return model_fingerprint(str(pretrained)) if has_local_weights(model["inner"]) and pretrained else digest(model)
 
 
 @functools.cache
