@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import resource
@@ -27,6 +28,8 @@ from fireact_bench.harness.lmeval.backbones import DEFAULT_BACKBONE, model_finge
 from fireact_bench.harness.provenance import versions
 from fireact_bench.harness.settings import cache_dir
 from fireact_bench.harness.study import METHOD_MIXES, TASK_MIXES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,7 +136,6 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
     """
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     out_dir = Path(out_dir)
     base_path = resolve_model(config.base_model)
@@ -162,7 +164,7 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
     if marker.exists() and marker.read_text() != rid:
         raise FileExistsError(f"{ckpt_dir} holds checkpoints of another run ({marker.read_text()}); use another out_dir")
     marker.write_text(rid)
-    resume = get_last_checkpoint(str(ckpt_dir))
+    resume = _resumable_checkpoint(ckpt_dir)
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=config.micro_batch,
@@ -170,15 +172,15 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
         max_steps=config.max_steps, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
         save_steps=config.save_steps, save_total_limit=2, seed=config.seed, data_seed=config.seed,
         bf16=cuda, use_cpu=not cuda, report_to=[], remove_unused_columns=False,
-        activation_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=config.gradient_checkpointing,
         # non-reentrant checkpointing works with frozen embeddings (LoRA) without extra hooks
-        activation_checkpointing_kwargs={"use_reentrant": False}, dataloader_num_workers=0, disable_tqdm=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, dataloader_num_workers=0, disable_tqdm=True,
         include_num_input_tokens_seen="non_padding")
+    clock = _clock()
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=_Padded(tokenizer.pad_token_id
-                      if tokenizer.pad_token_id is not None else tokenizer.eos_token_id), callbacks=callbacks)
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - started
+                      if tokenizer.pad_token_id is not None else tokenizer.eos_token_id), callbacks=[clock, *(callbacks or [])])
+    trainer.train(resume_from_checkpoint=resume)
+    wall = clock.total()
 
     staging = out_dir / "model.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -187,14 +189,17 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
     shutil.rmtree(out_dir / "model", ignore_errors=True)
     os.replace(staging, out_dir / "model")
     steps = trainer.state.global_step
+    losses = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
     manifest = {
         "run_id": rid, "finished": True, "output": "adapter" if config.method != "full" else "full_model",
         "base_model": config.base_model, "base_model_path": base_path,
         "base_fingerprint": model_fingerprint(config.base_model),
         "data_hash": data.data_hash, "composition": data.composition, "tokens": token_summary,
         "config": dataclasses.asdict(config),
-        "loss_history": [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e],
-        "train_loss": result.training_loss, "global_step": steps,
+        # the whole run's history: a resumed trainer's log holds the steps before its checkpoint too (its own
+        # training_loss averages only the steps run since the resume, and is 0.0 when none were left)
+        "loss_history": losses, "train_loss": sum(e["loss"] for e in losses) / len(losses) if losses else None,
+        "global_step": steps,
         "tokens_seen": trainer.state.num_input_tokens_seen,  # non-padding, resumed part included
         "resumed_from": Path(resume).name if resume else None,
         "wall_time_s": round(wall, 2), "seconds_per_step": round(wall / max(1, steps), 3),
@@ -205,6 +210,48 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
     }
     write_json(manifest_path, manifest)
     return out_dir
+
+
+def _resumable_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint saved whole. A kill inside a save leaves one without trainer_state.json (the
+    Trainer writes it last) or with a weights file cut short: it is skipped, with a log line, never resumed."""
+    from safetensors import SafetensorError, safe_open
+
+    numbered = [path for path in ckpt_dir.glob("checkpoint-*") if path.is_dir() and path.name.removeprefix("checkpoint-").isdigit()]
+    for path in sorted(numbered, key=lambda path: int(path.name.removeprefix("checkpoint-")), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            weights = sorted(path.glob("*.safetensors"))
+            for weight in weights:
+                with safe_open(str(weight), "pt"):  # reads the header and checks that the file covers it
+                    pass
+            if not weights:
+                raise ValueError("no weights file")
+        except (OSError, ValueError, SafetensorError) as err:
+            log.warning("%s is incomplete, not resumed from: %s", path, err)
+            continue
+        return str(path)
+    return None
+
+
+def _clock():
+    """A Trainer callback that times training across resumed runs: every log entry carries the running total, so
+    each checkpoint's trainer_state.json holds the time of the training it contains, and a run resumed from it
+    continues from there. (transformers is imported here, when training, not with this module.)"""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.before = next((e["wall_time_s"] for e in reversed(state.log_history) if "wall_time_s" in e), 0.0)
+            self.started = time.time()
+
+        def on_log(self, args, state, control, **kwargs):
+            state.log_history[-1]["wall_time_s"] = round(self.total(), 2)
+
+        def total(self) -> float:
+            return self.before + time.time() - self.started
+
+    return Clock()
 
 
 def _release_file(methods: str, tasks: str) -> Path:
@@ -226,6 +273,9 @@ def plan_training(config: FinetuneConfig, *, methods: str = "react", tasks: str 
     config = dataclasses.replace(config, fmt=resolve_fmt(config.fmt, tokenizer))
     ts = build_training_set(trajs, size=size, methods=methods, tasks=tasks, seed=config.seed, fmt=config.fmt,
                             tokenizer=tokenizer)
+    if not ts.examples:
+        raise ValueError(f"no valid trajectory of methods={methods} tasks={tasks} in {', '.join(report['files'])} "
+                         f"(excluded: {report['by_reason']})")
     return config, ts, report
 
 
@@ -254,7 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in dataclasses.fields(FinetuneConfig)}}
-    config = preset(args.preset, **overrides)
+    try:
+        return _run(args, preset(args.preset, **overrides))
+    except ValueError as err:  # a bad file or setting: one line that names it (file:line), no traceback
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, config: FinetuneConfig) -> int:
     config, ts, report = plan_training(config, methods=args.methods, tasks=args.tasks, size=args.size, data=args.data)
     print(json.dumps({"validation": report}, indent=2))
     out = Path(args.out) if args.out else cache_dir() / "finetuned" / run_id(config, ts.data_hash)

@@ -16,7 +16,7 @@ import json
 import logging
 from pathlib import Path
 
-from fireact_bench.adapters.trajectories import Trajectory, append_jsonl, question_id, read_jsonl, trajectory_key, validate
+from fireact_bench.adapters.trajectories import Trajectory, append_jsonl, question_id, stored_keys, trajectory_key, validate
 from fireact_bench.harness.agent import scoring
 from fireact_bench.harness.agent.loop import AgentOptions, Episode
 from fireact_bench.harness.agent.methods import Step
@@ -56,7 +56,7 @@ def generate(lm, docs: list[dict], out: str | Path, *, dataset: str, split: str,
     out = Path(out)
     options = options or AgentOptions(method=method, dataset=dataset, seed=seed)
     backend = "none" if method == "cot" else options.tool
-    done = {t.key for path in (out, rejected_path(out)) if path.exists() for t in read_jsonl(path)}
+    done = stored_keys(out) | stored_keys(rejected_path(out))  # repairs a last line torn by a crash
     todo = [doc for doc in docs
             if trajectory_key(question_id(dataset, doc["question"]), method, teacher, backend, seed) not in done]
     report = {"questions": len(docs), "already_done": len(docs) - len(todo), "kept": 0, "rejected": 0, "by_reason": {}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -20,14 +21,24 @@ from pathlib import Path
 from fireact_bench.harness.agent.methods import Step, split_trajectory
 from fireact_bench.harness.data import release
 from fireact_bench.harness.files import write_text
-from fireact_bench.harness.study import EPISODE_FINISHED
+from fireact_bench.harness.study import EPISODE_FINISHED, TEACHER_METHODS, TRAJECTORY_DATASETS
+
+log = logging.getLogger(__name__)
 
 ACTIONS = ("search", "finish")
 # Phrases FireAct's Reflexion-style runs inject after 5 / 9 unsolved steps.
 REFLEXION_MARKERS = ("let me do a reflection", "how to improve my strategy",
                      "I need to wrap up", "haven't solved the task within")
-_REWARD_LINE = re.compile(rf"^Observation: {EPISODE_FINISHED}, reward = (.*?)\s*$", re.M)
-_OPTION_LINE = re.compile(r"^[A-D]\. ", re.M)
+# Line patterns, searched in "\n" + text: a literal first character keeps the search linear and fast (a `^` with
+# re.M is tried at every position; the old lazy `(.*?)\s*$` rescanned each run of spaces: quadratic time).
+_REWARD_LINE = re.compile(rf"\nObservation: {EPISODE_FINISHED}, reward = ([^\n]*)")
+_OPTION_LINE = re.compile(r"\n[A-D]\. ")
+
+# The JSON type of each stored field that is not text (steps: Step.from_dict checks each step).
+_FIELD_TYPES = {"seed": int, "answer": (str, type(None)), "reward": (bool, type(None)), "steps": list, "problems": list,
+                "reasons": list}
+_JSON_NAMES = {str: "text", int: "an integer", (str, type(None)): "text or null", (bool, type(None)): "true, false or null",
+               list: "a list"}
 
 
 @dataclass
@@ -64,14 +75,23 @@ class Trajectory:
         return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Trajectory:
+    def from_dict(cls, data) -> Trajectory:
+        """A stored record. Every field must have its JSON type: a reward is true, false or null, so 0, 1.0,
+        "False" or "yes" are rejected (with the file and line, by read_jsonl), never read as correct."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a record is a JSON object, not {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING} - data.keys()
         if missing or data.keys() - names:
             raise ValueError(f"missing fields {sorted(missing)}, unknown fields {sorted(data.keys() - names)}")
-        if not isinstance(data["steps"], list):
-            raise TypeError(f"field 'steps' must be a list, not {type(data['steps']).__name__}")
+        for name, value in data.items():
+            expected = _FIELD_TYPES.get(name, str)
+            if not isinstance(value, expected):
+                raise TypeError(f"field {name!r} must be {_JSON_NAMES[expected]}, not {json.dumps(value)[:40]}")
+        for name in ("problems", "reasons"):
+            if not all(isinstance(item, str) for item in data.get(name, [])):
+                raise TypeError(f"field {name!r} must be a list of text")
         return cls(**{**data, "steps": [Step.from_dict(s) for s in data["steps"]]})
 
 
@@ -133,7 +153,7 @@ def _split_option_prefix(body: str) -> tuple[str, str]:
     """Lettered option lines that precede the first Thought (alpaca MMLU records) and the rest."""
     start = body.find("Thought:")
     prefix = body[:start] if start > 0 else ""
-    if prefix and _OPTION_LINE.search(prefix):
+    if prefix and _OPTION_LINE.search("\n" + prefix):
         return prefix, body[start:]
     return "", body
 
@@ -150,7 +170,7 @@ def _sibling_hotpot_questions(path: Path) -> set[str] | None:
 
 def _infer_dataset(path: Path, question: str, answer: str | None, reward_text: str | None,
                    hotpot_questions: set[str] | None) -> str:
-    if question.lstrip().startswith(("Question:", "Single choice")) or _OPTION_LINE.search(question):
+    if question.lstrip().startswith(("Question:", "Single choice")) or _OPTION_LINE.search("\n" + question):
         return "mmlu"
     if path.name.startswith("hotpotqa"):
         return "hotpotqa"
@@ -178,7 +198,7 @@ def _parse_reward(text: str) -> bool | None:
 
 def _parse_body(path: Path, line: int, question: str, body: str, hotpot_questions) -> Trajectory:
     problems = []
-    rewards = _REWARD_LINE.findall(body)
+    rewards = [reward.strip() for reward in _REWARD_LINE.findall("\n" + body)]
     if len(set(rewards)) > 1:
         problems.append("multiple_reward")
     reward = _parse_reward(rewards[-1]) if rewards else None
@@ -190,7 +210,7 @@ def _parse_body(path: Path, line: int, question: str, body: str, hotpot_question
         steps.append(step)
     finishes = [s for s in steps if s.action == "finish"]
     answer = finishes[-1].argument if finishes else None
-    dataset = _infer_dataset(path, question, answer, rewards[-1].strip() if rewards else None, hotpot_questions)
+    dataset = _infer_dataset(path, question, answer, rewards[-1] if rewards else None, hotpot_questions)
     return Trajectory(
         question_id=question_id(dataset, question), dataset=dataset, split="train",
         method=_infer_method(body, steps), teacher="gpt-4", search_backend="serpapi", seed=0,
@@ -216,8 +236,13 @@ def validate(traj: Trajectory) -> list[str]:
         reasons.add("malformed_action")
     if traj.reward is None:
         reasons.add("missing_reward")
-    elif traj.reward is False:
+    elif traj.reward is not True:  # only True is correct (a stored reward other than true/false/null fails to load)
         reasons.add("incorrect")
+    # a training set selects by method and dataset: any other would be dropped there while counted as kept here
+    if traj.method not in TEACHER_METHODS:
+        reasons.add("unknown_method")
+    if traj.dataset not in TRAJECTORY_DATASETS:
+        reasons.add("unknown_dataset")
     return sorted(reasons)
 
 
@@ -260,29 +285,28 @@ def load_validated(paths: Iterable[str | os.PathLike] | str | os.PathLike, keep_
 
 
 def load_any(path: str | os.PathLike) -> list[Trajectory]:
-    """Our JSONL store (first line has "question_id") or one of FireAct's release files."""
+    """Our JSONL store (its first record has "question_id") or one of FireAct's release files; never empty."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        with open(path) as fh:
-            first = fh.readline()
-        if '"question_id"' in first:
-            return read_jsonl(path)
-    return import_fireact(path)
+        with open(path, "rb") as fh:
+            first = next((line for line in fh if line.strip()), b"")
+        trajs = read_jsonl(path) if b'"question_id"' in first else import_fireact(path)
+    else:
+        trajs = import_fireact(path)
+    if not trajs:
+        raise ValueError(f"{path}: no trajectory records")
+    return trajs
 
 
 # ---------------------------------------------------------------- JSONL store
 
 def read_jsonl(path: str | os.PathLike) -> list[Trajectory]:
-    path = Path(path)
     out = []
-    with open(path) as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                out.append(Trajectory.from_dict(json.loads(raw)))
-            except (json.JSONDecodeError, ValueError, TypeError) as err:
-                raise ValueError(f"{path}:{lineno}: not a trajectory record ({err})") from err
+    for lineno, record in release.jsonl_records(Path(path)):
+        try:
+            out.append(Trajectory.from_dict(record))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}:{lineno}: not a trajectory record ({err})") from None
     return out
 
 
@@ -291,23 +315,40 @@ def write_jsonl(path: str | os.PathLike, trajs: Iterable[Trajectory]) -> Path:
     return write_text(path, "".join(traj.to_json() + "\n" for traj in trajs))
 
 
+def stored_keys(path: str | os.PathLike) -> set[str]:
+    """The keys in a JSONL store (none when there is no file yet), read after repairing its last line.
+
+    A crash (a kill, a full disk) can cut the last line short, without its newline: it is cut away (or, when it
+    is a whole record, given its newline) so that a rerun continues instead of failing to read the store."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        start = data.rfind(b"\n") + 1
+        try:
+            Trajectory.from_dict(json.loads(data[start:]))
+            whole = True
+        except (ValueError, TypeError):  # json and UTF-8 errors are ValueErrors
+            whole = False
+        with open(path, "r+b") as fh:
+            if whole:
+                fh.seek(0, os.SEEK_END)
+                fh.write(b"\n")
+            else:
+                log.warning("%s: cut its last line, torn by a crash (%d bytes)", path, len(data) - start)
+                fh.truncate(start)
+    return {t.key for t in read_jsonl(path)}
+
+
 def append_jsonl(path: str | os.PathLike, trajs: Iterable[Trajectory]) -> int:
     """Append the trajectories whose key is not yet in the file (fsync'd); returns how many were written.
-
-    Resumable: a rerun after a crash skips what is already stored, and a final line cut short by the
-    crash (no trailing newline) is truncated away before appending.
-    """
+    Resumable: a rerun after a crash skips what is already stored (see stored_keys)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    present: set[str] = set()
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as fh:
-                fh.truncate(data.rfind(b"\n") + 1)
-        present = {t.key for t in read_jsonl(path)}
+    present = stored_keys(path)
     written = 0
-    with open(path, "a") as fh:
+    with open(path, "a", encoding="utf-8") as fh:
         for traj in trajs:
             if traj.key in present:
                 continue

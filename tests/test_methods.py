@@ -20,6 +20,11 @@ CORPUS = [
     ("Thought: a\nAction: search[]", None, "", ["empty_search"]),
     ("Thought: unterminated\nAction: search[abc", None, None, ["malformed_action"]),
     ("Action: finish[multi\nline]", "finish", "multi\nline", []),
+    # nested brackets: as FireAct, the argument runs to the last `]` of the action line
+    ("Thought: t\nAction: search[the film [2004] director]", "search", "the film [2004] director", []),
+    ("Action: finish[[1, 2]]", "finish", "[1, 2]", []),
+    ("Action: search[a]\nObservation [x]", "search", "a", []),
+    ("Action: finish[multi\nline] [x]", "finish", "multi\nline] [x", []),
 ]
 
 

@@ -139,6 +139,19 @@ def test_teacher_resumes_after_a_crash_without_duplicates(tmp_path):
     assert again["already_done"] == 7 and again["kept"] == 0
 
 
+
+def test_teacher_restarts_after_a_torn_last_line(tmp_path):
+    """A kill or a full disk in the middle of a write leaves the last line cut short: the rerun reads the store
+    (it used to fail there, `t.jsonl:2: not a trajectory record`), cuts the torn line and redoes that question."""
+    out = tmp_path / "t.jsonl"
+    run = lambda: generate(FireActLM(inner="counting", inner_lm=CountingLM()), _docs(3), out, dataset="hotpotqa",
+                           split="dev", teacher="scripted")
+    run()
+    whole = out.read_bytes()
+    out.write_bytes(whole[:-40])
+    report = run()
+    assert report["already_done"] == 2 and report["kept"] == 1 and out.read_bytes() == whole
+
 def test_reflexion_teacher_reflects_at_step_5_and_wraps_up_at_step_9(tmp_path):
     out = tmp_path / "r.jsonl"
     lm = FireActLM(inner="counting", inner_lm=CountingLM(reflect=True))

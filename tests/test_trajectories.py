@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from fireact_bench.adapters.trajectories import append_jsonl, import_fireact, load_validated, read_jsonl, validate, write_jsonl
+from fireact_bench.adapters.trajectories import append_jsonl, import_fireact, load_validated, read_jsonl, stored_keys, validate, write_jsonl
 from fireact_bench.harness.settings import data_dir
 
 FIX = Path(__file__).parent / "fixtures" / "trajectories"
@@ -63,6 +63,22 @@ def test_jsonl_store_is_atomic_and_resumable(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         read_jsonl(tmp_path / "bad.jsonl")
 
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    trajs = import_fireact(FIX / "defective.json")[:2]
+    store = tmp_path / "store.jsonl"
+    store.write_text(trajs[0].to_json() + "\n" + trajs[1].to_json())  # e.g. written by hand or another tool
+    assert stored_keys(store) == {trajs[0].key, trajs[1].key}
+    assert store.read_text().endswith("\n") and read_jsonl(store) == trajs
+    assert stored_keys(tmp_path / "none.jsonl") == set()
+
+
+def test_only_a_true_reward_is_correct():
+    traj = import_fireact(FIX / "defective.json")[0]
+    for reward in (0, 1, "yes"):  # only a caller that bypasses the schema can set these
+        traj.reward = reward
+        assert validate(traj) == ["incorrect"]
 
 @pytest.mark.skipif(not RELEASE.is_dir(), reason="FireAct's release is not available")
 def test_release_defects():

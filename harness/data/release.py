@@ -49,12 +49,30 @@ def data_file(relpath: str) -> Path:
 
 
 def read_json(path: Path):
+    data = Path(path).read_bytes()
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, JSON value) of each non-blank line of a JSONL file; a line that is not UTF-8 JSON is a
+    ValueError that names the file and line."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {err.start} of the line)") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+            yield lineno, value
 
 
 def prompt(stem: str) -> str:
@@ -79,22 +97,13 @@ def alpaca_records(path: Path) -> Iterator[tuple[int, str, str]]:
 
 def gpt_records(path: Path) -> Iterator[tuple[int, list[dict]]]:
     """(line number, messages) of a gpt-format (OpenAI chat fine-tuning) JSONL file."""
-    with open(path, encoding="utf-8", errors="strict") as fh:
-        try:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    messages = json.loads(raw)["messages"]
-                    if not isinstance(messages, list) or not all(
-                            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                            for m in messages):
-                        raise TypeError("messages must be a list of {role, content} objects with text content")
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise ValueError(f"{path}:{lineno}: not a {{\"messages\": [...]}} record ({err})") from None
-                yield lineno, messages
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    for lineno, record in jsonl_records(path):
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
+            raise ValueError(f"{path}:{lineno}: not a {{\"messages\": [...]}} record: messages must be a list of "
+                             "{role, content} objects with text content")
+        yield lineno, messages
 
 
 def finetune_files() -> list[Path]:
