@@ -4,7 +4,11 @@ beside them, and one index per grid (grid cell -> cell id) that the sweep writes
     results/cells/<id>.json              the finished marker and result (written last, atomically)
     results/cells/<id>.failed.json       the error of the last failed try (removed when the cell finishes)
     results/cells/<id>.samples.jsonl     each question's whole trajectory
-    results/index/<grid>.json            {grid, cells: [{cell_id, label}]}: what the leaderboard reads
+    results/cells/<id>.lock              held while a sweep or job evaluates the cell (benchmark/locks.py)
+    results/adapters/<key>/, <key>.lock  a trained adapter with its manifest; held while it trains
+    results/index/<grid>.json            {grid, cells: [{cell_id, label, cell, adapter_key}]}: the leaderboard reads
+                                         ids and labels; `fireact-bench run-cell <id>` a cell's spec and adapter key
+    results/jobs/<grid>/                 submitit's scripts, pickles and logs (benchmark/executors.py)
 
 Reading the index instead of recomputing ids is what lets the leaderboard run on files alone (no
 tokenizer, no FireAct data), and lets it list cells finished under other package versions.

@@ -43,7 +43,8 @@ from fireact_bench.harness.study import (
 )
 
 GRIDS_DIR = Path(__file__).parent / "grids"
-KNOWN_KEYS = {"name", "description", "limit", "seeds", "noise_p", "models", "prompting", "finetuning", "datasets", "noise"}
+KNOWN_KEYS = {"name", "description", "limit", "seeds", "noise_p", "models", "prompting", "finetuning", "datasets", "noise",
+              "slurm"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class Grid:
     path: Path
     cells: list[Cell] = field(default_factory=list)
     description: str = ""
+    slurm: dict = field(default_factory=dict)  # Slurm options of its jobs (benchmark/executors.py)
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -126,7 +128,10 @@ def load_grid(name_or_path: str) -> Grid:
     else:  # each block is a grid of its own over the top-level fields it does not set; the grid is their union
         cells = [c for i, block in enumerate(blocks) for c in _cells({**raw, **block}, f"{path}: blocks[{i}]")]
     unique = list({json.dumps(c.spec(), sort_keys=True): c for c in cells}.values())
-    return Grid(raw.get("name", path.stem), path, unique, raw.get("description", ""))
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise ValueError(f"{path}: field 'slurm' must be a mapping of Slurm options")
+    return Grid(raw.get("name", path.stem), path, unique, raw.get("description", ""), slurm)
 
 
 def _cells(raw: dict, where: str) -> list[Cell]:
