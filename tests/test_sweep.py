@@ -147,18 +147,26 @@ def test_regress_passes_on_unchanged_code_and_fails_on_planted_regressions(tmp_p
                for line in capsys.readouterr().out.splitlines())
 
 
-def test_tolerance_is_two_standard_errors_of_the_difference():
-    base = {"rows": {"r": {"n": 4, "hashes": {"dataset_hash": "d", "prompt_hash": "p"},
-                           "metrics": {m: {"mean": 0.5, "stderr": 0.1} for m in regress.METRICS}}}}
-    def now(em):
-        return {"r": {"n": 4, "hashes": {"dataset_hash": "d", "prompt_hash": "p"},
-                      "metrics": {**{m: {"mean": 0.5, "stderr": 0.1} for m in regress.METRICS}, "em": {"mean": em, "stderr": 0.1}}}}
-    tol = 2 * (0.1 ** 2 + 0.1 ** 2) ** 0.5  # 0.283
-    assert regress.compare(base, now(0.5 - tol + 0.01))[0]
-    assert not regress.compare(base, now(0.5 - tol - 0.01))[0]
-    changed = now(0.5)
-    changed["r"]["hashes"]["prompt_hash"] = "other"
-    passed, report = regress.compare(base, changed)
+def _row(ems: list[float]) -> dict:
+    """A regress row of 100 questions whose per-question em is `ems` (other metrics fixed)."""
+    per_q = {str(i): [em, em, 1.0, 0.0] for i, em in enumerate(ems)}
+    return {"n": len(ems), "hashes": {"dataset_hash": "d", "prompt_hash": "p"}, "per_question": per_q,
+            "metrics": {m: {"mean": sum(v[i] for v in per_q.values()) / len(ems), "stderr": 0.0}
+                        for i, m in enumerate(regress.METRICS)}}
+
+
+def test_paired_tolerance_fails_a_four_point_drop_and_passes_flips_both_ways():
+    base = [1.0] * 20 + [0.0] * 80  # EM 20% on 100 questions
+    def dropped(k):  # k right answers turned wrong, none turned right
+        return [0.0] * k + base[k:]
+    for k, passes in ((0, True), (1, True), (3, True), (4, False), (5, False)):
+        assert regress.compare({"rows": {"r": _row(base)}}, {"r": _row(dropped(k))})[0] == passes, k
+    # another machine: 6 near-ties flip, 3 each way; the mean does not move and the run passes
+    flipped = [0.0] * 3 + base[3:20] + [1.0] * 3 + base[23:]
+    assert regress.compare({"rows": {"r": _row(base)}}, {"r": _row(flipped)})[0]
+    changed = _row(base)
+    changed["hashes"]["prompt_hash"] = "other"
+    passed, report = regress.compare({"rows": {"r": _row(base)}}, {"r": changed})
     assert not passed and "prompt_hash changed" in report
 
 

@@ -2,18 +2,19 @@
 
 Tolerance. Greedy decoding makes the slice deterministic on one machine with one set of packages, and
 there the numbers repeat exactly. Elsewhere (another BLAS, thread count or patch release) a near-tie
-token can flip and change a few answers. So baseline and current are treated as two samples of the
-same questions: a metric fails when it is worse than the baseline by more than Z = 2 standard errors
-of the difference, sqrt(se_base² + se_now²), each from the per-question values: about a 2% false alarm
-per metric under noise alone, while a real break (a parser that no longer reads finish[...], a prompt
-that lost its examples) moves these metrics by many standard errors. A row that disappears fails, and so
-does a row whose questions or prompt changed (its hashes differ): such a change needs a new baseline.
+token can flip a few answers, either way. Baseline and current ran the same questions, so they are
+compared question by question (the baseline stores each question's values): a metric fails when its
+mean paired difference is worse than Z = 2 standard errors of the per-question differences. Flips in
+both directions cancel and widen the tolerance; a one-way drop does not: on 100 questions, 4 answers
+turned wrong and none turned right (a 4-point drop) fail, while 1 to 3 do not; a real break moves
+many. (Two independent samples, sqrt(se_base² + se_now²), would need ~450 questions to catch 5 points.)
+A row that disappears fails, and so does a row whose questions or prompt changed (its hashes differ):
+such a change needs a new baseline.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def summarise(results: list[dict]) -> dict:
             "n": r["n"], "hashes": {k: r["comparability"][k] for k in MUST_MATCH},
             "versions": r["comparability"]["versions"],
             "metrics": {m: _stats([float(getattr(QuestionResult.from_dict(q), m)) for q in r["per_question"]]) for m in METRICS},
+            "per_question": {q["id"]: [float(getattr(QuestionResult.from_dict(q), m)) for m in METRICS] for q in r["per_question"]},
         }
     return dict(sorted(out.items()))
 
@@ -65,10 +67,11 @@ def compare(baseline: dict, current: dict) -> tuple[bool, str]:
             lines.append(f"{key:<58} {'-':<14} {'':>9} {'':>9} {'':>8} {'':>9}  FAIL: not comparable ({what} changed): "
                          "update the baseline if intended")
             continue
-        for metric, sign in METRICS.items():
+        for i, (metric, sign) in enumerate(METRICS.items()):
             b, c = base["metrics"][metric], now["metrics"][metric]
-            change = c["mean"] - b["mean"]
-            tolerance = Z * math.sqrt(b["stderr"] ** 2 + c["stderr"] ** 2)
+            diffs = [now["per_question"][q][i] - values[i] for q, values in base["per_question"].items() if q in now["per_question"]]
+            change = sum(diffs) / len(diffs) if diffs else c["mean"] - b["mean"]
+            tolerance = Z * stderr(diffs)
             worse = -sign * change
             verdict = "ok" if worse <= tolerance + 1e-9 else "FAIL: worse beyond tolerance"
             failed |= verdict != "ok"
