@@ -3,7 +3,9 @@
     --model fireact --model_args inner=hf,pretrained=smollm2-135m-instruct[,peft=ADAPTER_DIR]
 
 Everything after `inner=` is the inner model's own model_args (an embedded backbone name is
-materialised first). A task asks for the agent through one namespaced generation key:
+materialised first). `inner=vllm` is lm-eval's vLLM model set up as this project's engine (vllm_engine.py:
+fp32, prefix caching, one engine call per step, fine-tuned adapters merged once). A task asks for the
+agent through one namespaced generation key:
 
     generation_kwargs: {until: [...], fireact: {method: react, dataset: hotpotqa, tool: replay, noise: clean, ...}}
 
@@ -28,6 +30,7 @@ from fireact_bench.harness.study import is_local_hf
 
 log = logging.getLogger(__name__)
 NAMESPACE = "fireact"
+VLLM = "vllm"  # lm-eval's name of its vLLM model
 
 
 def options_from_gen_kwargs(gen_kwargs: dict) -> tuple[AgentOptions, dict]:
@@ -62,17 +65,28 @@ class FireActLM(LM):
     def __init__(self, inner: str = "hf", inner_lm: LM | None = None, additional_config: dict | None = None,
                  reuse_kv: bool | str = True, **inner_args):
         super().__init__()
+        self._vllm_args = None  # inner=vllm: the engine's args, to get it back should another model replace it
+        self._engine_info: dict = {}
         if inner_lm is None:
             for key in ("pretrained", "peft"):
                 if key in inner_args:
                     inner_args[key] = resolve_model(str(inner_args[key]))
             extra = dict(additional_config or {})
-            if is_local_hf(inner) and not extra.get("device"):
-                import torch  # HFLM's own default is "cuda", which fails on a CPU-only machine
+            if inner == VLLM:
+                from fireact_bench.harness.lmeval import vllm_engine
 
-                extra["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-            inner_lm = get_model(inner).create_from_arg_obj(inner_args, extra)
-        self.inner = inner_lm
+                # lm-eval's --batch_size, --max_batch_size and --device do not reach vLLM: each agent step is one
+                # engine call, which vLLM schedules itself (max_num_seqs=... in --model_args caps it)
+                self._vllm_args, self._engine_info = vllm_engine.engine_args(inner_args)
+                inner_lm = vllm_engine.engine(self._vllm_args, fresh=True)
+                log.info("inner=vllm: %s", self._engine_info)
+            else:
+                if is_local_hf(inner) and not extra.get("device"):
+                    import torch  # HFLM's own default is "cuda", which fails on a CPU-only machine
+
+                    extra["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+                inner_lm = get_model(inner).create_from_arg_obj(inner_args, extra)
+        self._inner = inner_lm
         self.inner_name = inner
         from lm_eval.models.openai_completions import LocalChatCompletion
 
@@ -100,6 +114,15 @@ class FireActLM(LM):
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> FireActLM:
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls(**arg_dict, additional_config=extra)
+
+    @property
+    def inner(self) -> LM:
+        if self._vllm_args is not None:
+            from fireact_bench.harness.lmeval import vllm_engine
+
+            # the process's one engine; rebuilt should a model of other args have taken its place since
+            self._inner = vllm_engine.engine(self._vllm_args)
+        return self._inner
 
     # -- what lm-eval calls -------------------------------------------------------------------------
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
@@ -179,4 +202,4 @@ class FireActLM(LM):
 
     def get_model_info(self) -> dict:
         info = getattr(self.inner, "get_model_info", lambda: {})()
-        return {**info, "fireact_inner": self.inner_name}
+        return {**info, "fireact_inner": self.inner_name, **({"fireact_engine": self._engine_info} if self._engine_info else {})}

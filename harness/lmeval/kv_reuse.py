@@ -53,7 +53,7 @@ class KVReuseGenerator:
             input_ids = torch.tensor([ids], device=self.device)
             with torch.no_grad():
                 out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                          cache=cache, max_new_tokens=max_new_tokens, do_sample=False,
+                                          past_key_values=cache, max_new_tokens=max_new_tokens, do_sample=False,
                                           # lm-eval's stop criterion: transformers' stop_strings rebuilds
                                           # vocabulary tables on every call (seconds each)
                                           stopping_criteria=stop_sequences_criteria(self.tokenizer, until, len(ids), 1),
