@@ -5,6 +5,7 @@ made the old regexes backtrack (`^\\s*Action` across lines: parse_turn took 9 s,
 32 kB of blank lines after some text), not random text. Wall time (perf_counter), the best of up to 5 runs: the test
 machine may be busy.
 """
+import gc
 import time
 from pathlib import Path
 
@@ -64,12 +65,17 @@ PARSERS = {
 def _seconds(parse, text: str, runs: int = 5, enough: float = 0.0) -> float:
     """The fastest of a few runs (robust to a busy machine), stopping at the first run that takes `enough` or less."""
     best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        parse(text)
-        best = min(best, time.perf_counter() - started)
-        if best <= enough:
-            break
+    gc.collect()
+    gc.disable()  # a collection pass over 100,000 fresh objects is the collector's cost, not the parser's
+    try:
+        for _ in range(runs):
+            started = time.perf_counter()
+            parse(text)
+            best = min(best, time.perf_counter() - started)
+            if best <= enough:
+                break
+    finally:
+        gc.enable()
     return best
 
 
@@ -82,8 +88,9 @@ def test_one_megabyte_parses_in_50_ms(shape):
 
 def test_many_steps_cost_the_same_per_step():
     """1 MB of "\\nThought:" is 111,111 steps: the output itself dominates, so the bound is per step (a few µs),
-    the same at 1 MB as at 64 kB (a quadratic parser costs 16 times more per step at 1 MB)."""
+    about the same at 1 MB as at 64 kB: a quadratic parser costs 16 times more per step at 1 MB, so the bound is
+    half that, which leaves room for cache effects of the larger list on a busy machine."""
     small, large = _repeat("\nThought:", MB // 16), _repeat("\nThought:")
     per_step = {len(text): _seconds(split_trajectory, text) / len(split_trajectory(text)) for text in (small, large)}
     assert per_step[len(large)] < 20e-6
-    assert per_step[len(large)] < 3 * per_step[len(small)]
+    assert per_step[len(large)] < 8 * per_step[len(small)], per_step
