@@ -38,6 +38,9 @@ def test_shipped_grids_expand_to_the_cells_they_promise():
     assert all(c.noise == "clean" for c in paper.cells if c.method in ("io", "cot"))  # no tool, no noise
     sizes = {c.adapter["size"] for c in paper.cells if c.adapter}
     assert {100, 200, None} <= sizes
+    # the regression slice is as large per cell as the planted drops below are detected at (100 questions)
+    regress_cells = load_grid("regress").cells
+    assert all(c.limit >= 100 for c in regress_cells) and {c.method for c in regress_cells} >= {"io", "cot", "react"}
 
 
 def test_grid_errors_name_the_file_and_field(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from fireact_bench.harness.benchmark.grid import Cell, Grid
 from fireact_bench.harness.study import FINETUNED, has_local_weights
 
-# Measured (2026-11-25, SmolLM2-135M-Instruct on HotpotQA; results/leaderboard.json and results/hotpotqa-100/):
+# Measured (2026-11-25, SmolLM2-135M-Instruct on HotpotQA, on the HF engine: the grids of that day):
 # tokens per question, prompt and generated; every turn re-reads the prompt. react: 5,526 / 5,449 / 5,899
 # prompt and 187 / 185 / 211 generated over three rows; ft (zero-shot, fine-tuned format): 957 / 925 / 623
 # and 168 / 179 / 129. io and cot: one call, FireAct's few-shot prompt files (181 and 460 tokens for HotpotQA,
