@@ -5,6 +5,11 @@
 data hash is not retrained. `main(argv)`: FireAct release -> validation report -> training set -> run.
 `training_speed(config)`: tokens/s of a few steps, to compare recipes (BASELINE_RECIPE is the one before the
 speed levers: the same losses, 2.5-3x slower on CPU).
+
+Several devices: `main([..., "--num-processes", "N"])` runs itself again under torchrun, one process per device
+(DDP; `--fsdp` shards a full fine-tuning). The recipe's global batch (micro_batch x grad_accum) is kept: each
+process accumulates grad_accum / N micro-batches, so every optimizer step sees the same examples at any world size.
+Rank 0 alone writes the model, the manifest and the checkpoints' run marker; the others wait for it.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import logging
 import os
 import random
 import resource
+import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +33,7 @@ from pathlib import Path
 from fireact_bench.adapters.sft_data import IGNORE, TrainingSet, build_training_set, tokenize_set, write_training_jsonl
 from fireact_bench.adapters.trajectories import Trajectory, load_validated
 from fireact_bench.harness.data.release import data_file
-from fireact_bench.harness.files import write_json
+from fireact_bench.harness.files import write_json, write_text
 from fireact_bench.harness.lmeval.backbones import DEFAULT_BACKBONE, model_fingerprint, resolve_model
 from fireact_bench.harness.provenance import versions
 from fireact_bench.harness.settings import cache_dir
@@ -88,9 +95,73 @@ def preset(name: str, **overrides) -> FinetuneConfig:
     return FinetuneConfig(**{**PRESETS[name], **overrides})
 
 
-def run_id(config: FinetuneConfig, data_hash: str) -> str:
-    body = json.dumps([dataclasses.asdict(config), data_hash], sort_keys=True)
+def run_id(config: FinetuneConfig, data_hash: str, *, fsdp: bool = False) -> str:
+    """The run's identity: its recipe and data. Not the world size: the global batch, the examples of each step and the
+    schedule are the same at any process count, which changes only the order of float reductions (as another GPU
+    does). FSDP enters it: under bf16 it keeps fp32 master weights (accelerate upcasts them), another arithmetic."""
+    body = json.dumps([dataclasses.asdict(config), data_hash, *(["fsdp"] if fsdp else [])], sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+# Distributed training. torchrun (torch.distributed.run) starts the processes: it ships with torch, starts N local
+# processes on CPUs (gloo) and GPUs (nccl) alike, and reads no configuration file, unlike `accelerate launch`, whose
+# --cpu starts one process (several only through mpirun) and which applies a user's default accelerate config.
+# FSDP is set in TrainingArguments by the workers, so it works under any launcher (a Slurm job's own torchrun).
+MODULE = "fireact_bench.adapters.finetune"
+WORKER_ENV = ("WORLD_SIZE", "LOCAL_RANK")  # set by torchrun (and accelerate, srun wrappers) in every worker
+
+
+def is_worker() -> bool:
+    """Whether this process is one of a distributed launch's workers."""
+    return any(name in os.environ for name in WORKER_ENV)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def grad_accum_per_device(config: FinetuneConfig, processes: int) -> int:
+    """Each process's accumulation steps, so that micro_batch x grad_accum stays the global batch of the recipe."""
+    if processes < 1:
+        raise ValueError(f"the number of processes must be at least 1, not {processes}")
+    if config.grad_accum % processes:
+        raise ValueError(f"grad_accum {config.grad_accum} cannot be split over {processes} processes: the recipe's global batch "
+                         f"(micro_batch {config.micro_batch} x grad_accum {config.grad_accum}) is kept by giving each process "
+                         f"grad_accum / processes; use a process count that divides {config.grad_accum}")
+    return config.grad_accum // processes
+
+
+def check_distributed(config: FinetuneConfig, processes: int, fsdp: bool) -> None:
+    """A process count and FSDP request that this config can run with (ValueError naming the problem otherwise)."""
+    grad_accum_per_device(config, processes)
+    if fsdp and config.method != "full":
+        raise ValueError(f"--fsdp shards a full fine-tuning (method full); this config's method is {config.method}: "
+                         "LoRA and QLoRA runs use plain data parallelism (--num-processes without --fsdp)")
+    if fsdp and processes < 2:
+        raise ValueError("--fsdp shards the model over processes: it needs --num-processes 2 or more (or a torchrun launch)")
+
+
+def launch_argv(argv: list[str], processes: int) -> list[str]:
+    """The command that runs this fine-tuning in `processes` local processes: torchrun of this module with the same
+    arguments, less --num-processes (the workers read the world size from torchrun's environment)."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--num-processes":
+            skip = True
+        elif not arg.startswith("--num-processes="):
+            rest.append(arg)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", MODULE, *rest]
+
+
+def fsdp_config(config: FinetuneConfig) -> dict:
+    """FSDP2 full sharding, FireAct's `--fsdp "full_shard auto_wrap"`: one shard group per decoder layer (the model's
+    _no_split_modules, LlamaDecoderLayer for Llama, which FireAct named), parameters resharded after the forward,
+    activation checkpointing done by FSDP when the recipe asks for it (the Trainer's would gather the parameters once
+    more), whole state dicts saved, so that the model folder and the checkpoints are ordinary ones."""
+    return {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": config.gradient_checkpointing}
 
 
 class _Padded:
@@ -146,6 +217,10 @@ def _trainer_class(config: FinetuneConfig):
                                                      ignore_index=IGNORE, reduction="sum")
             count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
             loss = loss / torch.as_tensor(count, device=loss.device)
+            if num_items_in_batch is not None and getattr(getattr(self, "args", None), "average_tokens_across_devices", False):
+                # as Trainer.compute_loss: the count is the sum over all processes and DDP averages the gradients, so
+                # each process's share is scaled by their number (a no-op on one process)
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
     return LabelOnlyLogits
@@ -228,11 +303,14 @@ def _load_model(config: FinetuneConfig, path: str):
 
 def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_dir: str | os.PathLike,
              *, size: int | None = None, methods: str = "react", tasks: str = "hotpotqa",
-             callbacks: list | None = None) -> Path:
+             callbacks: list | None = None, fsdp: bool = False) -> Path:
     """Train and return out_dir. `data`: a TrainingSet, or trajectories built into one with size/methods/tasks.
 
     Reruns: a finished run with the same config and data hash returns at once; an interrupted one
     resumes from its last checkpoint; a finished run of another config in out_dir is an error.
+    In a distributed launch (torchrun: WORLD_SIZE in the environment) every process calls it; each accumulates
+    grad_accum / world size micro-batches, rank 0 writes the files and the others wait for it. fsdp: shard the model
+    (full fine-tuning only).
     """
     import torch
     from transformers import AutoTokenizer, TrainingArguments, set_seed
@@ -244,40 +322,50 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
     if not isinstance(data, TrainingSet):
         data = build_training_set(data, size=size, methods=methods, tasks=tasks, seed=config.seed,
                                   fmt=config.fmt, tokenizer=tokenizer)
-    rid = run_id(config, data.data_hash)
+    processes = world_size()
+    check_distributed(config, processes, fsdp)
+    rid = run_id(config, data.data_hash, fsdp=fsdp)
     manifest_path = out_dir / "manifest.json"
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        if previous.get("run_id") == rid and previous.get("finished"):
-            return out_dir
-        raise FileExistsError(f"{out_dir} holds another finished run ({previous.get('run_id')}); use another out_dir")
+    if _finished(manifest_path, rid):
+        return out_dir
 
     rows, token_summary = tokenize_set(data, tokenizer, config.max_len, config.train_on)
     if not rows:
         raise ValueError("no training example has a trained token")
     random.seed(config.seed)
     set_seed(config.seed)
-    model = _load_model(config, base_path)
     ckpt_dir = out_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker = ckpt_dir / "run_id"  # checkpoints of another config must never be resumed
-    if marker.exists() and marker.read_text() != rid:
-        raise FileExistsError(f"{ckpt_dir} holds checkpoints of another run ({marker.read_text()}); use another out_dir")
-    marker.write_text(rid)
-    resume = _resumable_checkpoint(ckpt_dir)
     cuda = torch.cuda.is_available()
+    # The arguments first: under torchrun they join the process group and pick this process's device (gloo on CPUs,
+    # nccl on GPUs), before the model is loaded.
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=config.micro_batch,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, num_train_epochs=config.epochs,
+        gradient_accumulation_steps=grad_accum_per_device(config, processes), learning_rate=config.lr, num_train_epochs=config.epochs,
         max_steps=config.max_steps, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
         save_steps=config.save_steps, save_total_limit=2, seed=config.seed, data_seed=config.seed,
         bf16=cuda or config.cpu_bf16, use_cpu=not cuda, report_to=[], remove_unused_columns=False,
         use_cache=False,  # a KV cache would also let packed examples see each other
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=config.gradient_checkpointing and not fsdp,
+        fsdp=fsdp or None, fsdp_config=fsdp_config(config) if fsdp else None,
         # non-reentrant checkpointing works with frozen embeddings (LoRA) without extra hooks
         gradient_checkpointing_kwargs={"use_reentrant": False}, dataloader_num_workers=0, disable_tqdm=True,
         # a packed batch has no padding and no attention mask: all its tokens are the non-padding ones
-        include_num_input_tokens_seen="all" if config.packing else "non_padding")
+        include_num_input_tokens_seen="all" if config.packing else "non_padding",
+        # every trainable parameter takes part in every step (LoRA's, or all of them): DDP need not search for others
+        ddp_find_unused_parameters=False)
+    args.device  # noqa: B018  (sets up the process group and this process's device now, as the Trainer would)
+    if args.world_size != processes:
+        raise RuntimeError(f"the trainer sees {args.world_size} processes, the environment says WORLD_SIZE={processes}")
+    main_process = args.process_index == 0
+    reset_peak_rss()  # the manifest's peak is this training's (model loading included), not what ran before it
+    model = _load_model(config, base_path)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker = ckpt_dir / "run_id"  # checkpoints of another config must never be resumed
+    if marker.exists() and marker.read_text() != rid:
+        raise FileExistsError(f"{ckpt_dir} holds checkpoints of another run ({marker.read_text()}); use another out_dir")
+    if main_process:
+        write_text(marker, rid)  # atomic: another process reads this run's id or none
+    resume = _resumable_checkpoint(ckpt_dir)
     clock = _clock()
     trainer = _trainer_class(config)(model=model, args=args, train_dataset=rows, data_collator=_collator(config, tokenizer),
                                      callbacks=[clock, *(callbacks or [])])
@@ -286,16 +374,34 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
     wall = clock.total()
 
     staging = out_dir / "model.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(out_dir / "model", ignore_errors=True)
-    os.replace(staging, out_dir / "model")
+    if main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    if fsdp:
+        trainer.save_model(str(staging))  # every process takes part in gathering the shards; rank 0 writes
+    elif main_process:
+        model.save_pretrained(staging)
+    if main_process:
+        (staging / "training_args.bin").unlink(missing_ok=True)  # what the Trainer's save_model adds to a model
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(out_dir / "model", ignore_errors=True)
+        os.replace(staging, out_dir / "model")
+        write_json(manifest_path, _manifest(trainer, model, config, data, rid=rid, base_path=base_path, token_summary=token_summary,
+                                            resume=resume, wall=wall, matmul=matmul, fsdp=fsdp))
+    trainer.accelerator.wait_for_everyone()  # the other processes return once rank 0 has written the run
+    return out_dir
+
+
+def _manifest(trainer, model, config: FinetuneConfig, data: TrainingSet, *, rid: str, base_path: str, token_summary: dict,
+              resume: str | None, wall: float, matmul: dict, fsdp: bool) -> dict:
+    """The manifest of a finished run (rank 0 writes it)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
     steps = trainer.state.global_step
     # per step: its loss, and the training's running time and tokens at its end (for rates that skip warm-up)
     losses = [{"step": e["step"], "loss": e["loss"], "wall_time_s": e.get("wall_time_s"), "tokens_seen": e.get("num_input_tokens_seen")}
               for e in trainer.state.log_history if "loss" in e]
-    manifest = {
+    return {
         "run_id": rid, "finished": True, "output": "adapter" if config.method != "full" else "full_model",
         "base_model": config.base_model, "base_model_path": base_path,
         "base_fingerprint": model_fingerprint(config.base_model),
@@ -305,7 +411,7 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
         # training_loss averages only the steps run since the resume, and is 0.0 when none were left)
         "loss_history": losses, "train_loss": sum(e["loss"] for e in losses) / len(losses) if losses else None,
         "global_step": steps,
-        "tokens_seen": trainer.state.num_input_tokens_seen,  # non-padding, resumed part included
+        "tokens_seen": trainer.state.num_input_tokens_seen,  # non-padding, resumed part included, all processes
         "resumed_from": Path(resume).name if resume else None,
         "wall_time_s": round(wall, 2), "seconds_per_step": round(wall / max(1, steps), 3),
         "tokens_per_s": round(trainer.state.num_input_tokens_seen / wall, 1) if wall > 0 else None,
@@ -315,14 +421,49 @@ def finetune(data: list[Trajectory] | TrainingSet, config: FinetuneConfig, out_d
                    "gradient_checkpointing": config.gradient_checkpointing, "precision": "bf16" if cuda or config.cpu_bf16 else "fp32",
                    "fp32_matmul": matmul, "attn_implementation": getattr(model.config, "_attn_implementation", None),
                    "allocator": "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "default",
-                   "torch_threads": torch.get_num_threads()},
-        # ru_maxrss is KiB on Linux: the peak of this whole process, model loading included
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   "torch_threads": torch.get_num_threads(),
+                   # the weights the optimizer updates (FSDP under bf16 keeps fp32 ones; one GPU trains bf16 weights)
+                   "trained_dtype": str(next(p.dtype for p in model.parameters() if p.requires_grad)).removeprefix("torch.")},
+        # the processes that trained it: each took micro_batch x grad_accum_per_device examples of a step's
+        # global_batch (micro_batch x grad_accum, the recipe's at any world size)
+        "distributed": {"world_size": trainer.args.world_size,
+                        # (one process: none, even where another library, vLLM in the same process, made a group)
+                        "backend": torch.distributed.get_backend() if trainer.args.world_size > 1 else None,
+                        "micro_batch_per_device": config.micro_batch, "grad_accum_per_device": trainer.args.gradient_accumulation_steps,
+                        "global_batch": config.micro_batch * config.grad_accum,
+                        "fsdp": {**fsdp_config(config), "wrapped": list(getattr(model, "_no_split_modules", None) or [])}
+                        if fsdp else None},
+        # rank 0's resident peak since reset_peak_rss (model loading included)
+        "peak_rss_mib": peak_rss_mib(),
         "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
         "device": "cuda" if cuda else "cpu", "versions": versions(), "argv": sys.argv,
     }
-    write_json(manifest_path, manifest)
-    return out_dir
+
+
+def reset_peak_rss() -> None:
+    """Starts this process's resident-memory peak (VmHWM) afresh. ru_maxrss cannot be reset and an exec'd process
+    inherits its parent's: a training started by a sweep would report the peak of the sweep's vLLM engine."""
+    with contextlib.suppress(OSError):  # Linux only (and /proc may be read-only): peak_rss_mib then falls back
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-memory peak in MiB since reset_peak_rss (VmHWM); ru_maxrss where /proc has none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _finished(manifest_path: Path, rid: str) -> bool:
+    """Whether the folder of manifest_path holds this run, finished; another finished run there is an error."""
+    if not manifest_path.exists():
+        return False
+    previous = json.loads(manifest_path.read_text())
+    if previous.get("run_id") == rid and previous.get("finished"):
+        return True
+    raise FileExistsError(f"{manifest_path.parent} holds another finished run ({previous.get('run_id')}); use another out_dir")
 
 
 def training_speed(config: FinetuneConfig, out_dir: str | os.PathLike, *, steps: int = 5, size: int | None = None,
@@ -331,7 +472,7 @@ def training_speed(config: FinetuneConfig, out_dir: str | os.PathLike, *, steps:
     of its seeded order; default: the steps' worth), a fresh run in out_dir: tokens/s and s/step from the end of
     step 1 to the end of the last (step 1 warms up), and the losses, to set recipes side by side, e.g.
     training_speed(preset("small"), a) against training_speed(preset("small", **BASELINE_RECIPE), b).
-    peak_rss_mib is the process's: run each recipe in a process of its own to compare memory."""
+    peak_rss_mib is the training's own (from model loading to the end)."""
     if steps < 2:
         raise ValueError("steps must be at least 2 (the first warms up)")
     size = size or steps * config.micro_batch * config.grad_accum
@@ -431,35 +572,78 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     for name in ("base_model", "method", "fmt", "train_on"):
         parser.add_argument("--" + name.replace("_", "-"))
-    for name, kind in (("r", int), ("alpha", int), ("lr", float), ("epochs", float), ("micro_batch", int),
+    for name, kind in (("r", int), ("alpha", int), ("dropout", float), ("lr", float), ("epochs", float), ("micro_batch", int),
                        ("grad_accum", int), ("max_len", int), ("seed", int), ("max_steps", int), ("save_steps", int)):
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
     parser.add_argument("--baseline-recipe", action="store_true", help="without the speed levers (same losses, slower)")
     parser.add_argument("--cpu-bf16", action="store_true", default=None, help="bf16 autocast on CPU (faster, shifts the loss)")
     parser.add_argument("--out", help="output folder (default: <cache>/finetuned/<run id>)")
     parser.add_argument("--prepare-only", action="store_true", help="write the training JSONL and the report, no training")
+    parser.add_argument("--num-processes", type=int, help="train in N processes, one per GPU (CPU: gloo), started by torchrun; "
+                        "each accumulates grad_accum / N micro-batches, so the global batch stays the recipe's")
+    parser.add_argument("--fsdp", action="store_true", help="shard the model over the processes (FSDP2, full fine-tuning only)")
     args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
 
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in {f.name for f in dataclasses.fields(FinetuneConfig)}}
     if args.baseline_recipe:
         overrides = {**BASELINE_RECIPE, **overrides}
     try:
-        return _run(args, preset(args.preset, **overrides))
+        config = preset(args.preset, **overrides)
+        processes = world_size() if is_worker() else 1 if args.num_processes is None else args.num_processes
+        if is_worker() and args.num_processes not in (None, processes):
+            raise ValueError(f"--num-processes {args.num_processes}, but this process is one of {processes} (WORLD_SIZE)")
+        check_distributed(config, processes, args.fsdp)
+        if processes > 1 and not is_worker() and not args.prepare_only:
+            return _launch(args, config, argv)
+        return _run(args, config)
     except ValueError as err:  # a bad file or setting: one line that names it (file:line), no traceback
         print(f"{parser.prog}: {err}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace, config: FinetuneConfig) -> int:
+def _prepare(args: argparse.Namespace, config: FinetuneConfig) -> tuple[FinetuneConfig, TrainingSet, dict, Path]:
+    """(config, training set, validation report, output folder) of the command's run."""
     config, ts, report = plan_training(config, methods=args.methods, tasks=args.tasks, size=args.size, data=args.data)
-    print(json.dumps({"validation": report}, indent=2))
-    out = Path(args.out) if args.out else cache_dir() / "finetuned" / run_id(config, ts.data_hash)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.prepare_only:
-        write_training_jsonl(out / "train.jsonl", ts)
+    out = Path(args.out) if args.out else cache_dir() / "finetuned" / run_id(config, ts.data_hash, fsdp=args.fsdp)
+    return config, ts, report, out
+
+
+def _run(args: argparse.Namespace, config: FinetuneConfig) -> int:
+    """The run in this process: the only one, or one of a distributed launch's (rank 0 prints and writes the files)."""
+    config, ts, report, out = _prepare(args, config)
+    main_process = int(os.environ.get("RANK", 0)) == 0
+    if main_process:
+        print(json.dumps({"validation": report}, indent=2))
+        out.mkdir(parents=True, exist_ok=True)
         write_json(out / "validation_report.json", report)
-        print(out / "train.jsonl")
+        if args.prepare_only:
+            write_training_jsonl(out / "train.jsonl", ts)
+            print(out / "train.jsonl")
+    if args.prepare_only:
         return 0
-    write_json(out / "validation_report.json", report)
-    print(finetune(ts, config, out))
+    out = finetune(ts, config, out, fsdp=args.fsdp)
+    if is_worker():
+        import torch.distributed
+
+        if torch.distributed.is_initialized():  # the launch's processes leave together, the group closed
+            torch.distributed.destroy_process_group()
+    if main_process:
+        print(out)
     return 0
+
+
+def _launch(args: argparse.Namespace, config: FinetuneConfig, argv: list[str]) -> int:
+    """Runs the command in args.num_processes processes (torchrun) and returns its exit status. The run is planned here
+    first: a bad file or setting stops it before any process starts, and a finished run starts none."""
+    config, ts, _, out = _prepare(args, config)
+    if _finished(out / "manifest.json", run_id(config, ts.data_hash, fsdp=args.fsdp)):
+        print(out)
+        return 0
+    command = launch_argv(argv, args.num_processes)
+    print(shlex.join(command), file=sys.stderr, flush=True)
+    return subprocess.call(command)
+
+
+if __name__ == "__main__":  # each process of a distributed run: python -m fireact_bench.adapters.finetune ...
+    sys.exit(main())

@@ -82,3 +82,33 @@ def test_prepare_only_cli(tmp_path, capsys):
     assert len(lines) == len(load_validated(fixture)[0]) == 3
     assert json.loads((tmp_path / "validation_report.json").read_text())["excluded"] == 7
     assert "validation" in capsys.readouterr().out
+
+
+def test_the_peak_memory_is_the_training_s_not_the_process_s():
+    """What the process held before a training (a sweep's vLLM engine, or a parent's peak inherited across exec)
+    is not that training's peak: reset_peak_rss starts VmHWM afresh. In a fresh process, whose memory is its own."""
+    import subprocess
+    import sys
+
+    script = """
+import json, mmap
+from fireact_bench.adapters.finetune import peak_rss_mib, reset_peak_rss
+
+def touched(mib):  # an anonymous mapping, every page written: resident until closed
+    m = mmap.mmap(-1, mib << 20)
+    for i in range(0, mib << 20, 4096):
+        m[i] = 1
+    return m
+
+held = touched(400)
+before = peak_rss_mib()
+held.close()
+reset_peak_rss()
+after = peak_rss_mib()
+grown = touched(200)
+print(json.dumps([before, after, peak_rss_mib()]))
+"""
+    before, after, grown = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                                                     text=True).stdout)
+    assert before - after > 300, (before, after)  # the 400 MiB held before the reset are not in the new peak
+    assert grown - after > 150, (after, grown)  # what is held after it is

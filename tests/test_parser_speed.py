@@ -65,8 +65,9 @@ PARSERS = {
 def _seconds(parse, text: str, runs: int = 5, enough: float = 0.0) -> float:
     """The fastest of a few runs (robust to a busy machine), stopping at the first run that takes `enough` or less."""
     best = float("inf")
-    gc.collect()
-    gc.disable()  # a collection pass over 100,000 fresh objects is the collector's cost, not the parser's
+    # a collection pass over 100,000 fresh objects is the collector's cost, not the parser's (and no gc.collect()
+    # first: in a test process holding torch and vLLM, one pass takes most of a second)
+    gc.disable()
     try:
         for _ in range(runs):
             started = time.perf_counter()

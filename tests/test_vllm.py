@@ -6,22 +6,10 @@ import json
 import sys
 
 import pytest
+from vllm_testing import BACKBONE, backbone_adapter, needs_vllm
 
 from fireact_bench.harness.agent.loop import EPISODE_LINE, AgentOptions, Episode
 from fireact_bench.harness.lmeval import vllm_engine
-
-
-def _has_vllm() -> bool:
-    try:
-        vllm_engine.vllm_version()
-    except ModuleNotFoundError:
-        return False
-    return True
-
-
-needs_vllm = pytest.mark.skipif(not _has_vllm(), reason="vLLM is not installed (make install)")
-BACKBONE = "smollm2-135m-instruct"
-
 
 # ------------------------------------------------------------------------------ adapters, no engine
 
@@ -236,19 +224,20 @@ def test_a_cell_run_twice_gives_the_same_trajectories_whatever_shares_its_batche
     from fireact_bench.harness.lmeval.agent_lm import FireActLM
     from fireact_bench.harness.lmeval.api import evaluate
 
-    # the same cell twice in one process (the second reuses the engine, its prefix cache emptied), as the sweep runs it
-    runs = [trajectories(evaluate(["fireact_hotpotqa"], model="vllm", model_args={"pretrained": BACKBONE}, limit=20,
-                                  batch_size=1)) for _ in range(2)]
-    assert len(runs[0]) == 20 and runs[0] == runs[1]
-    assert sum(summary["steps"] for _, summary in runs[0]) > 40  # many steps, so many batches of changing make-up
+    # the cell through lm-eval, as the sweep runs it
+    first = trajectories(evaluate(["fireact_hotpotqa"], model="vllm", model_args={"pretrained": BACKBONE}, limit=20,
+                                  batch_size=1))
+    assert len(first) == 20
+    assert sum(summary["steps"] for _, summary in first) > 40  # many steps, so many batches of changing make-up
 
-    # other batch make-ups: the questions in two halves, the second with the prefix cache warm from the first
+    # run again in the same process, as the sweep's next cell would: the engine reused, its prefix cache emptied; and
+    # in other batch make-ups: the questions in two halves, the second with the prefix cache warm from the first
     docs = load_docs("hotpotqa")[:20]
     lm = FireActLM(inner="vllm", pretrained=BACKBONE)
     episodes = []
     for part in (docs[:10], docs[10:]):
         episodes += lm.run([Episode(key=d["id"], question=d["question"]) for d in part], AgentOptions())
-    assert [e.transcript() for e in episodes] == [t for t, _ in runs[0]]
+    assert [e.transcript() for e in episodes] == [t for t, _ in first]
 
 
 @pytest.mark.slow
@@ -274,24 +263,11 @@ def test_vllm_gives_the_hf_paths_greedy_turns_and_prompts():
 @pytest.mark.slow
 @needs_vllm
 def test_a_fine_tuned_adapter_is_served_merged_with_hf_peft_turns(tmp_path):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from fireact_bench.harness.data.questions import load_docs
     from fireact_bench.harness.lmeval import vllm_engine as engine_module
     from fireact_bench.harness.lmeval.agent_lm import FireActLM
-    from fireact_bench.harness.lmeval.backbones import resolve_model
 
-    base = resolve_model(BACKBONE)
-    torch.manual_seed(0)  # a small random change of every linear layer: another model, still fluent
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(0.02)
-    model.save_pretrained(tmp_path / "model")
+    backbone_adapter(tmp_path / "model", seed=0, r=16)  # a small random change of every linear layer: another model, still fluent
     docs = load_docs("hotpotqa")[:4]
     options = AgentOptions(method="ft", max_steps=2, max_gen_toks=48)  # the fine-tuned format: the chat template
     base_lm = FireActLM(inner="vllm", pretrained=BACKBONE)

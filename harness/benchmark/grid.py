@@ -6,6 +6,8 @@ a data mix) × dataset × tool noise × seed, on the first `limit` questions.
     seeds: [0]                      # noise draws and fine-tuning seed
     models:
       - {name: smollm2, inner: hf, model_args: {pretrained: smollm2-135m-instruct}, batch_size: 1}
+      # with inner: vllm, model_args.peft_mode says how fine-tuned adapters are served: merge (the default, merged
+      # into the base weights) or lora (LoRA requests: every adapter of the model on one engine)
     prompting: [react]              # io | cot | react | reflexion
     finetuning:                     # one adapter per model × methods × tasks × size, trained once
       methods: [react]              # react | react+cot | react+reflexion | all
@@ -185,8 +187,24 @@ def _model(raw, where: str) -> dict:
     price = raw.get("price")
     if price is not None and (not isinstance(price, dict) or set(price) - {"prompt", "completion"}):
         raise ValueError(f"{where}: price is {{prompt: USD per 1M tokens, completion: USD per 1M tokens}}")
-    return {"name": str(raw["name"]), "inner": raw.get("inner", "hf"), "model_args": args,
+    inner = raw.get("inner", "hf")
+    if "peft_mode" in args:
+        args = _peft_mode(args, inner, where)
+    return {"name": str(raw["name"]), "inner": inner, "model_args": args,
             "batch_size": raw.get("batch_size", 1), "price": price}
+
+
+def _peft_mode(args: dict, inner: str, where: str) -> dict:
+    """model_args.peft_mode: how inner=vllm serves the model's fine-tuned adapters, `merge` (the default: merged
+    into the base weights) or `lora` (LoRA requests, every adapter of the model on one engine). `merge` is dropped,
+    so that saying the default leaves the cells' ids as they were."""
+    from fireact_bench.harness.lmeval.vllm_engine import PEFT_MODES
+
+    if inner != "vllm":
+        raise ValueError(f"{where}: model_args.peft_mode is a setting of inner: vllm (inner={inner} serves adapters its own way)")
+    if args["peft_mode"] not in PEFT_MODES:
+        raise ValueError(f"{where}: model_args.peft_mode must be one of {list(PEFT_MODES)}, not {args['peft_mode']!r}")
+    return {k: v for k, v in args.items() if k != "peft_mode"} if args["peft_mode"] == PEFT_MODES[0] else args
 
 
 def _adapters(raw, models: list[dict], where: str) -> dict[str, list[dict]]:

@@ -135,5 +135,15 @@ def comparability(cell: Cell) -> dict:
     return key
 
 
+def identity_spec(cell: Cell) -> dict:
+    """The cell's settings that can change its result: all of them, but how adapters are served
+    (model_args.peft_mode) in a cell that serves none. In a fine-tuned cell it stays: merged and LoRA serving
+    compute the same model, but only up to float error, so the two are two cells."""
+    spec = cell.spec()
+    if cell.method != FINETUNED:
+        spec["model"]["model_args"].pop("peft_mode", None)
+    return spec
+
+
 def cell_id(cell: Cell) -> str:
-    return digest([cell.spec(), comparability(cell)])
+    return digest([identity_spec(cell), comparability(cell)])

@@ -19,7 +19,14 @@ from fireact_bench.harness.files import write_json, write_text
 from fireact_bench.harness.study import FINETUNED
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "leaderboard.schema.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+
+def served_as(result: dict) -> str | None:
+    """How the cell's adapter was served: merged (into the base weights), lora (vLLM LoRA requests), peft (lm-eval's
+    HF model with peft), full_model; None where the cell result does not say (results from before it was recorded)."""
+    adapter = (result.get("engine") or {}).get("adapter") or {}
+    return adapter.get("served_as")
 
 
 def row_of(result: dict) -> dict:
@@ -41,7 +48,7 @@ def row_of(result: dict) -> dict:
         "adapter": None if not adapter else {
             "key": adapter["key"], "size": adapter["composition"]["size"], "size_asked": adapter["size"],
             "methods": adapter["methods"], "tasks": adapter["tasks"], "train_wall_time_s": adapter["train_wall_time_s"],
-            "peak_rss_mib": adapter["peak_rss_mib"]},
+            "peak_rss_mib": adapter["peak_rss_mib"], "served_as": served_as(result)},
         "n": n,
         "em": mean("em"), "em_stderr": round(stderr(ems), 4), "em_ci95": wilson(sum(ems), n),
         "f1": mean("f1"), "f1_stderr": round(stderr([q.f1 for q in per_q]), 4),
@@ -113,12 +120,14 @@ def _pct(x: float) -> str:
 def markdown(board: dict) -> str:
     lines = [f"# Leaderboard: grid `{board['grid']}`", "",
              "Exact match (EM) in %, ± its standard error, with the 95% Wilson interval; wall time and cost per question.",
-             "Rows with the same `group` ran on the same questions with the same search corpus and noise draws.", "",
+             "Rows with the same `group` ran on the same questions with the same search corpus and noise draws.",
+             "Train data: methods / tasks / trajectories (how the adapter was served: merged, lora, peft).", "",
              "| model | method | train data | dataset | noise | n | EM % | 95% CI | F1 % | finished % | steps "
              "| format err/turn | tool err/q | s/question | group |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in board["rows"]:
-        data = "-" if not r["adapter"] else f"{r['adapter']['methods']} / {r['adapter']['tasks']} / {r['adapter']['size']}"
+        data = "-" if not r["adapter"] else f"{r['adapter']['methods']} / {r['adapter']['tasks']} / {r['adapter']['size']}" + \
+            (f" ({r['adapter']['served_as']})" if r["adapter"]["served_as"] else "")
         lo, hi = r["em_ci95"]
         lines.append(f"| {r['model']} | {r['method']} | {data} | {r['dataset']} | {r['noise']} | {r['n']} | "
                      f"{_pct(r['em'])} ± {_pct(r['em_stderr'])} | {_pct(lo)}–{_pct(hi)} | {_pct(r['f1'])} | "

@@ -101,6 +101,8 @@ def run_cell(cell: Cell, adapters: Path, cells: Path, cid: str, trainer: str | N
         "cell_id": cid, "status": "finished", "cell": cell.spec(), "task": cell.task, "label": cell.label(),
         "comparability": identity.comparability(cell), "n": len(per_question), "metrics": metrics,
         "per_question": per_question, "adapter": adapter,
+        # the model info of the fireact model: the engine's settings and how an adapter was served (vllm_engine.py)
+        "engine": out.get("config", {}).get("fireact_engine"),
         "eval_wall_time_s": round(time.time() - eval_started, 2), "wall_time_s": round(time.time() - started, 2),
         "started_at": round(started, 3), "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }

@@ -4,8 +4,8 @@
 
 Everything after `inner=` is the inner model's own model_args (an embedded backbone name is
 materialised first). `inner=vllm` is lm-eval's vLLM model set up as this project's engine (vllm_engine.py:
-fp32, prefix caching, one engine call per step, fine-tuned adapters merged once). A task asks for the
-agent through one namespaced generation key:
+fp32, prefix caching, one engine call per step, fine-tuned adapters merged once, or served as LoRA requests
+on one engine per base model). A task asks for the agent through one namespaced generation key:
 
     generation_kwargs: {until: [...], fireact: {method: react, dataset: hotpotqa, tool: replay, noise: clean, ...}}
 
@@ -79,8 +79,12 @@ class FireActLM(LM):
                 # engine call, which vLLM schedules itself (max_num_seqs=... in --model_args caps it)
                 self._vllm_args, self._engine_info = vllm_engine.engine_args(inner_args)
                 inner_lm = vllm_engine.engine(self._vllm_args, fresh=True)
+                # the engine it starts on: a base model's requests may run on one built for LoRA (the same tokens)
+                self._engine_info["engine_lora"] = vllm_engine.lora_settings()
                 log.info("inner=vllm: %s", self._engine_info)
             else:
+                if is_local_hf(inner) and inner_args.get("peft"):  # lm-eval's HF model applies it with peft, unmerged
+                    self._engine_info = {"engine": inner, "adapter": {"path": str(inner_args["peft"]), "served_as": "peft"}}
                 if is_local_hf(inner) and not extra.get("device"):
                     import torch  # HFLM's own default is "cuda", which fails on a CPU-only machine
 

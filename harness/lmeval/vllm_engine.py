@@ -20,10 +20,11 @@ module adds:
 - `peft=ADAPTER_DIR` (what the sweep passes for a fine-tuned cell): `peft_mode=merge`, the default, merges
   the LoRA adapter into the base model's fp32 weights once (peft's merge_and_unload; cached in
   ADAPTER_DIR/merged, keyed by the adapter's files, the base weights and the peft version) and serves that
-  folder at the base model's speed; `peft_mode=lora` serves the adapter as a LoRA request (lm-eval's
-  lora_local_path: its own engine, slower per token). The adapter is checked before it reaches the
-  engine: a LoRA vLLM cannot serve makes the engine fail every later request. A folder holding a whole
-  model (fine-tuning method `full`) is served as the model.
+  folder at the base model's speed; `peft_mode=lora` serves the adapter as a LoRA request on an engine of
+  the base model built with enable_lora=True, max_lora_rank (the smallest of LORA_RANKS that holds the
+  adapter's rank, unless model_args set one) and max_loras=1 (slower per token). The adapter is checked
+  before it reaches the engine: a LoRA vLLM cannot serve makes the engine fail every later request. A
+  folder holding a whole model (fine-tuning method `full`) is served as the model.
 - without Triton, vLLM's CPU build swaps in C++ kernels as an engine starts by scanning every loaded module,
   which fails on llvmlite's `ffi.lib` (numba loads it; bm25s, so every search tool, loads numba): that scan
   skips such objects (`_tolerate_foreign_attributes`).
@@ -31,13 +32,22 @@ module adds:
   lm-eval's results) records the engine's settings and how an adapter was served.
 - one engine per process at a time: a model asking for the running engine's arguments gets it, its prefix
   cache emptied (a result then never depends on what ran before it in the process); other arguments shut
-  it down first.
+  it down first. The adapter a LoRA engine serves is not one of its arguments: the cells of every adapter
+  of one base model (same rank class, same other args) share one engine, each model's requests carrying
+  its own LoRARequest (one lora_int_id per adapter folder and content, stable in the process: an adapter
+  retrained in place gets a new id, so vLLM never serves its cached old weights). A base-model request
+  (no adapter) also runs on a LoRA engine of the same model and args, without a LoRARequest: vLLM serves
+  the base model there, and on a CPU a batch without adapters skips every LoRA operation (punica_cpu's
+  `no_lora`), so its tokens are those of a plain engine (tested). A batch never mixes adapters here (one
+  model's step is one call with one LoRARequest): vLLM's CPU kernels would apply the last slot's adapter
+  to the base-model rows of a mixed batch (vllm-project/vllm#48421, open).
 """
 from __future__ import annotations
 
 import errno
 import gc
 import importlib.metadata as md
+import itertools
 import json
 import logging
 import os
@@ -55,6 +65,9 @@ CPU_KV_CACHE_BYTES = 2 << 30
 ONE_BATCH = 1 << 20  # lm-eval's batch_size for the inner model: more than any step holds, so a step is one call
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 PEFT_MODES = ("merge", "lora")
+# engine arguments that only say how adapters are served: a base-model request may run on an engine built with
+# them; lora_local_path (the adapter itself) is never part of an engine's identity
+LORA_ARGS = ("lora_local_path", "enable_lora", "max_lora_rank", "max_loras", "max_cpu_loras")
 MERGED = "merged"  # ADAPTER_DIR/merged: the adapter merged into its base model
 MERGE_RECORD = "fireact_merge.json"
 _LM_EVAL_MODULE = "lm_eval.models.vllm_causallms"
@@ -164,15 +177,51 @@ def lora_rank(config: dict) -> int:
     return next(r for r in LORA_RANKS if r >= _rank(config))
 
 
+def adapter_files(adapter: str | os.PathLike) -> dict:
+    """{name: digest} of the adapter's own files (adapter_config.json, adapter_model.*)."""
+    return {path.name: file_digest(path) for path in sorted(Path(adapter).iterdir())
+            if path.is_file() and path.name.startswith("adapter_")}
+
+
 def merge_key(base: str, adapter: str | os.PathLike) -> str:
     """What a merged model is made of: the adapter's files, the base weights, the merging code's version."""
     import peft
 
     from fireact_bench.harness.lmeval.backbones import model_fingerprint
 
-    files = {path.name: file_digest(path) for path in sorted(Path(adapter).iterdir())  # adapter_config.json, adapter_model.*
-             if path.is_file() and path.name.startswith("adapter_")}
-    return digest({"adapter": files, "base": model_fingerprint(base), "peft": peft.__version__, "dtype": "float32"})
+    return digest({"adapter": adapter_files(adapter), "base": model_fingerprint(base), "peft": peft.__version__, "dtype": "float32"})
+
+
+_loras: dict = {}  # this process's LoRA adapters: {real path: (digest of its files, LoRARequest)}
+_lora_ids = itertools.count(1)  # never reused: vLLM keeps an id's weights cached
+
+
+def _new_lora_request(name: str, lora_id: int, path: str):
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(name, lora_id, path)
+
+
+def register_lora(adapter: str | os.PathLike) -> tuple[str, int]:
+    """(files digest, lora_int_id) of an adapter folder served as a LoRA request. vLLM caches an adapter's weights
+    by its lora_int_id: each folder gets its own id, the same one every time in this process, and a new one when
+    its files changed (an adapter retrained in place), so no request is ever served another adapter's weights."""
+    path = os.path.realpath(adapter)
+    files = digest(adapter_files(path))
+    known = _loras.get(path)
+    if known is None or known[0] != files:
+        lora_id = next(_lora_ids)
+        _loras[path] = (files, _new_lora_request(f"fireact-{lora_id}", lora_id, str(adapter)))
+    return files, _loras[path][1].lora_int_id
+
+
+def lora_request(adapter: str | os.PathLike | None):
+    """The LoRARequest that carries this adapter to the engine (None: the base model)."""
+    if not adapter:
+        return None
+    if os.path.realpath(adapter) not in _loras:
+        register_lora(adapter)
+    return _loras[os.path.realpath(adapter)][1]
 
 
 def merged_model(base: str, adapter: str | os.PathLike) -> Path:
@@ -270,34 +319,66 @@ def engine_args(args: dict) -> tuple[dict, dict]:
                 info["adapter"] = {"path": adapter, "served_as": "merged", "merged": str(merged),
                                    "key": _read_json(merged / MERGE_RECORD)["key"]}
             else:
-                out["lora_local_path"] = adapter
-                out.setdefault("max_lora_rank", lora_rank(config))
-                info["adapter"] = {"path": adapter, "served_as": "lora", "max_lora_rank": out["max_lora_rank"]}
+                rank = int(out.get("max_lora_rank") or lora_rank(config))
+                if rank not in LORA_RANKS or rank < _rank(config):
+                    raise ValueError(f"max_lora_rank={rank}: vLLM takes one of {LORA_RANKS}, and {adapter} needs at "
+                                     f"least {_rank(config)}")
+                files, _ = register_lora(adapter)
+                # the engine's own settings (in its identity); the adapter path is not: every adapter of this base
+                # model with the same settings is served by one engine, each model's requests carrying its LoRARequest
+                out.update(lora_local_path=adapter, enable_lora=True, max_lora_rank=rank, max_loras=int(out.get("max_loras") or 1))
+                info["adapter"] = {"path": adapter, "served_as": "lora", "key": files, "max_lora_rank": rank,
+                                   "max_loras": out["max_loras"]}
     return out, info
 
 
-_running: dict = {}  # the one engine of this process: {"key": its args as JSON, "lm": lm-eval's vllm model}
+_running: dict = {}  # the one engine of this process: {"key", "base_key", "lora", "args", "lm": lm-eval's vllm model}
+
+
+def _key(args: dict, leave_out=(LORA_ARGS[0],)) -> str:
+    return json.dumps({k: v for k, v in args.items() if k not in leave_out}, sort_keys=True, default=str)
+
+
+def _serves(args: dict) -> bool:
+    """Can the running engine serve a model of these args? Its own args but the adapter; or, for the base model
+    (no adapter), the same args but the LoRA settings on an engine built for LoRA."""
+    if not _running:
+        return False
+    if _running["key"] == _key(args):
+        return True
+    return not args.get(LORA_ARGS[0]) and _running["lora"] and _running["base_key"] == _key(args, LORA_ARGS)
 
 
 def engine(args: dict, fresh: bool = False):
-    """lm-eval's `vllm` model for these args: the running one, else a new one (shutting the running one down).
+    """lm-eval's `vllm` model for these args: the running one, else a new one (shutting the running one down),
+    set to send these args' adapter (lora_local_path) with every request, or none.
     fresh: empty the prefix cache of a running one (a new evaluation starts from nothing cached)."""
-    key = json.dumps(args, sort_keys=True, default=str)
-    if _running.get("key") == key:
+    lm = None
+    if _serves(args):
         lm = _running["lm"]
-        if not fresh:
-            return lm
-        try:
-            lm.model.reset_prefix_cache()
-            return lm
-        except Exception as err:  # an engine that died (EngineDeadError): start another
-            log.warning("the running vLLM engine cannot be reused (%s); starting another", err)
-    release()
-    model = lm_eval_vllm()
-    _tolerate_foreign_attributes()
-    lm = model.create_from_arg_obj(dict(args), {})
-    _running.update(key=key, lm=lm)
+        if fresh:
+            try:
+                lm.model.reset_prefix_cache()
+            except Exception as err:  # an engine that died (EngineDeadError): start another
+                log.warning("the running vLLM engine cannot be reused (%s); starting another", err)
+                lm = None
+    if lm is None:
+        release()
+        model = lm_eval_vllm()
+        _tolerate_foreign_attributes()
+        lm = model.create_from_arg_obj(dict(args), {})
+        _running.update(key=_key(args), base_key=_key(args, LORA_ARGS), lora=bool(args.get("enable_lora")), args=dict(args), lm=lm)
+    # lm-eval's model sends its one lora_request (made from the first adapter it was built with) with every request
+    lm.lora_request = lora_request(args.get(LORA_ARGS[0]))
     return lm
+
+
+def lora_settings() -> dict | None:
+    """The running engine's LoRA settings ({max_lora_rank, max_loras}), or None: no engine, or one without LoRA."""
+    if not _running.get("lora"):
+        return None
+    args = _running["args"]
+    return {"max_lora_rank": args.get("max_lora_rank"), "max_loras": args.get("max_loras")}
 
 
 def running():
