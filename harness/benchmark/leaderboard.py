@@ -159,12 +159,20 @@ def out_dir(grid: str, results: Path = RESULTS_DIR) -> Path:
     return Path(results) if grid == "default" else Path(results) / grid
 
 
-def write(board: dict, out_dir: Path = RESULTS_DIR, plots: bool = True) -> list[Path]:
+def write(board: dict, out_dir: Path = RESULTS_DIR, plots: bool = True, results: list[dict] | None = None) -> list[Path]:
+    """leaderboard.json and .md, plots/ (one per finding the grid holds), and from the cell results (their per-question
+    outcomes), findings.md: each finding's table, the paper's number beside ours (findings.py)."""
     validate(board)
     out_dir = Path(out_dir)
     write_json(out_dir / "leaderboard.json", board)
     md = write_text(out_dir / "leaderboard.md", markdown(board))
     written = [out_dir / "leaderboard.json", md]
+    if results:
+        from fireact_bench.harness.benchmark import findings
+
+        found = findings.tables(results)
+        if found:
+            written.append(write_text(out_dir / "findings.md", findings.markdown(found)))
     if plots:
         from fireact_bench.harness.benchmark.plots import plot_all
 
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = read_index(results, grid)
     finished, failed, missing = read_cells(cells_dir(results), [e["cell_id"] for e in entries])
     board = build(finished, grid, failed, missing)
-    written = write(board, Path(args.out) if args.out else out_dir(grid, results), plots=not args.no_plots)
+    written = write(board, Path(args.out) if args.out else out_dir(grid, results), plots=not args.no_plots, results=finished)
     stale = [r for r in board["rows"] if r["other_versions"]]
     print(f"{len(finished)} rows ({len(stale)} finished under other package versions), {len(failed)} failed, "
           f"{len(missing)} not run; wrote " + ", ".join(map(str, written)))

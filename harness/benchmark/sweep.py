@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             print(summary["submitted_only"])
             return 0
     finished, failed, missing = read_cells(cells_dir(results), summary["cell_ids"])
-    written = leaderboard.write(leaderboard.build(finished, grid.name, failed, missing), out)
+    written = leaderboard.write(leaderboard.build(finished, grid.name, failed, missing), out, results=finished)
     print(f"grid {grid.name}: {summary['cells']} cells, {summary['skipped']} already done, {summary['finished']} run now, "
           f"{len(summary['locked'])} run by another sweep, {len(summary['failed'])} failed, in {time.time() - started:.0f}s")
     for f in summary["locked"]:
