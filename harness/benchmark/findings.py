@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 
+from fireact_bench.harness.benchmark.plots import MIX_NAMES
 from fireact_bench.harness.benchmark.stats import mcnemar_exact, paired_difference, wilson
 from fireact_bench.harness.study import EVAL_DATASETS, FINETUNED, HELD_IN, NOISES
 
@@ -37,7 +38,6 @@ PAPER = {
         "ft react/multitask": {"clean": 39.2, "none": 34.8, "random": 36.2},
         "ft react+cot/hotpotqa": {"clean": 41.0, "none": 36.4, "random": 38.4}},
 }
-MIX_NAMES = {"react": "ReAct", "react+cot": "ReAct+CoT", "react+reflexion": "ReAct+Reflexion", "all": "ReAct+CoT+Reflexion"}
 
 
 def _ems(result: dict) -> dict[str, float]:
@@ -122,12 +122,12 @@ def tables(results: list[dict]) -> dict[str, list[dict]]:
             clean = by_noise.get("clean")
             if clean is None:
                 continue
+            clean_em = _em(clean)["em"]
             row = {"model": model, "method": name, "paper": PAPER["noise"].get(name), "noises": {}}
             for noise in NOISES:
                 if noise in by_noise:
                     em = _em(by_noise[noise])
-                    drop = None if noise == "clean" or not _em(clean)["em"] else \
-                        round((_em(clean)["em"] - em["em"]) / _em(clean)["em"], 4)
+                    drop = None if noise == "clean" or not clean_em else round((clean_em - em["em"]) / clean_em, 4)
                     row["noises"][noise] = {**em, "relative_drop": drop,
                                             "versus_clean": None if noise == "clean" else _versus(by_noise[noise], clean)}
             out["noise"].append(row)
