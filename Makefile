@@ -50,7 +50,7 @@ perf: install
 
 # The architecture and style checks, the tests, then the regression check on scores (CI runs all through this target).
 test: install lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 	$(MAKE) regress
 
 # import-linter's contracts (setup.cfg) and ruff (pyproject.toml). import-linter cannot scan an editable

@@ -38,9 +38,12 @@ def test_shipped_grids_expand_to_the_cells_they_promise():
     assert all(c.noise == "clean" for c in paper.cells if c.method in ("io", "cot"))  # no tool, no noise
     sizes = {c.adapter["size"] for c in paper.cells if c.adapter}
     assert {100, 200, None} <= sizes
-    # the regression slice is as large per cell as the planted drops below are detected at (100 questions)
+    # the regression slice: the cells that carry exact match are as large as the planted drops below are detected
+    # at (100 questions); the agent loop runs few-shot and fine-tuned, on an adapter the slice trains itself
     regress_cells = load_grid("regress").cells
-    assert all(c.limit >= 100 for c in regress_cells) and {c.method for c in regress_cells} >= {"io", "cot", "react"}
+    assert all(c.limit >= 100 for c in regress_cells if c.method in ("io", "cot"))
+    assert {c.method for c in regress_cells} == {"io", "cot", "react", "ft"}
+    assert [c.adapter["size"] for c in regress_cells if c.adapter] == [64]  # trained in the run, in about 1.5 min
 
 
 def test_grid_errors_name_the_file_and_field(tmp_path):
@@ -200,3 +203,37 @@ def test_an_adapter_is_trained_once_and_shared_by_the_cells_that_need_it(tmp_pat
                            "config": {"max_steps": 1, "micro_batch": 2, "grad_accum": 1, "max_len": 256}})
     assert sweep(path, results=tmp_path, adapters=tmp_path / "adapters", progress=False)["finished"] == 2
     assert (adapter / "manifest.json").stat().st_mtime_ns == stamp and len(list((tmp_path / "adapters").iterdir())) == 1
+
+
+SEEN_BY_TRAINER = []
+
+
+def engine_seen_trainer(data, config, out):
+    """A trainer that records whether a vLLM engine was still held when training began."""
+    from fireact_bench.harness.lmeval import vllm_engine
+
+    SEEN_BY_TRAINER.append(vllm_engine.running())
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps({"finished": True}))
+
+
+def test_training_starts_after_the_previous_cell_s_engine_is_released(tmp_path, monkeypatch):
+    """The engine's KV cache is memory that training needs, and a merged adapter gets an engine of its own anyway."""
+    from fireact_bench.harness.benchmark.sweep import ensure_adapter
+    from fireact_bench.harness.lmeval import vllm_engine
+
+    shut = []
+    core = type("Core", (), {"shutdown": lambda self: shut.append(True)})()
+    lm = type("LM", (), {"model": type("M", (), {"llm_engine": type("E", (), {"engine_core": core})()})()})()
+    monkeypatch.setattr(vllm_engine, "_running", {"lm": lm, "args": {}})
+    path = write_grid(tmp_path / "g.yaml", limit=2, prompting=[], datasets=["hotpotqa"],
+                      models=[{"name": "scripted", "inner": "scripted", "model_args": {"pretrained": "smollm2-135m-instruct"}}],
+                      finetuning={"methods": ["react"], "tasks": ["hotpotqa"], "sizes": [4], "models": ["scripted"]})
+    cell = load_grid(path).cells[0]
+    SEEN_BY_TRAINER.clear()
+    out, manifest = ensure_adapter(cell, tmp_path / "adapters", trainer=f"{__name__}:engine_seen_trainer")
+    assert SEEN_BY_TRAINER == [None] and shut == [True] and manifest == {"finished": True}
+    # a finished adapter is reused: nothing trains, and an engine in use is left alone
+    monkeypatch.setattr(vllm_engine, "_running", {"lm": lm, "args": {}})
+    ensure_adapter(cell, tmp_path / "adapters", trainer=f"{__name__}:engine_seen_trainer")
+    assert SEEN_BY_TRAINER == [None] and shut == [True] and vllm_engine.running() is lm

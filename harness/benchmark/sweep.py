@@ -61,6 +61,12 @@ def ensure_adapter(cell: Cell, adapters: Path, trainer: str | None = None) -> tu
     if adapter_manifest(out) is None:
         with Lock(Path(adapters) / f"{key}.lock"):
             if adapter_manifest(out) is None:
+                # the previous cell's vLLM engine (its KV cache above all) is not needed while training, and
+                # a merged adapter gets an engine of its own anyway: free it, so training has the memory (served
+                # as LoRA, the engine is built again once per adapter trained: seconds, against minutes of training)
+                from fireact_bench.harness.lmeval import vllm_engine
+
+                vllm_engine.release()
                 load_function(trainer)(data, config, out)
     return out, adapter_manifest(out)
 
