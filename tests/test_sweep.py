@@ -237,3 +237,31 @@ def test_training_starts_after_the_previous_cell_s_engine_is_released(tmp_path, 
     monkeypatch.setattr(vllm_engine, "_running", {"lm": lm, "args": {}})
     ensure_adapter(cell, tmp_path / "adapters", trainer=f"{__name__}:engine_seen_trainer")
     assert SEEN_BY_TRAINER == [None] and shut == [True] and vllm_engine.running() is lm
+
+
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+HOLD_AND_RETURN = """
+from fireact_bench.harness.benchmark.sweep import return_free_memory
+
+def rss():
+    return next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmRSS"))
+
+blocks = [bytearray(1 << 20) for _ in range(400)]  # 400 MiB, written (bytearray zero-fills)
+held = rss()
+del blocks
+freed = rss()
+print(return_free_memory(), held, freed, rss())
+"""
+
+
+@pytest.mark.skipif(not TCMALLOC.exists(), reason="tcmalloc (libtcmalloc-minimal4) is not installed")
+def test_memory_freed_before_training_goes_back_to_the_os():
+    """Under tcmalloc (as `make` runs the sweep) freed memory stays resident until it is handed back."""
+    env = {**os.environ, "LD_PRELOAD": str(TCMALLOC)}
+    out = subprocess.run([sys.executable, "-c", HOLD_AND_RETURN], env=env, capture_output=True, text=True, check=True).stdout
+    allocator, held, freed, returned = out.split()
+    assert allocator == "tcmalloc"
+    assert int(freed) > int(held) - 100  # freed, but still resident
+    assert int(returned) < int(held) - 300  # handed back
+    plain = subprocess.run([sys.executable, "-c", HOLD_AND_RETURN], capture_output=True, text=True, check=True).stdout
+    assert plain.split()[0] == "glibc"

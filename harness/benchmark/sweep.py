@@ -40,6 +40,21 @@ log = logging.getLogger(__name__)
 DEFAULT_TRAINER = "fireact_bench.adapters.finetune:finetune"
 
 
+def return_free_memory() -> str:
+    """Hand the heap's free pages back to the OS; which allocator did it. Freeing the vLLM engine frees nothing the
+    OS sees otherwise: tcmalloc (which `make` preloads) keeps freed pages for reuse (measured: 3.6 GiB resident after
+    the engine's release, 0.8 GiB after this), and so, for small blocks, does glibc."""
+    import ctypes
+
+    process = ctypes.CDLL(None)
+    for name, call in (("tcmalloc", "MallocExtension_ReleaseFreeMemory"), ("glibc", "malloc_trim")):
+        function = getattr(process, call, None)
+        if function is not None:
+            function(*([0] if name == "glibc" else []))
+            return name
+    return "none"
+
+
 def load_function(spec: str | None):
     module, _, name = (spec or DEFAULT_TRAINER).partition(":")
     return getattr(importlib.import_module(module), name)
@@ -67,6 +82,7 @@ def ensure_adapter(cell: Cell, adapters: Path, trainer: str | None = None) -> tu
                 from fireact_bench.harness.lmeval import vllm_engine
 
                 vllm_engine.release()
+                return_free_memory()
                 load_function(trainer)(data, config, out)
     return out, adapter_manifest(out)
 
