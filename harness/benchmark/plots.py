@@ -65,6 +65,12 @@ def _per_model(plt, rows: list[dict], draw, name: str, out: Path, written: list,
     written.append(out / name)
 
 
+def _prompting_then_mix_order(row: dict) -> tuple:
+    """Prompting rows first, then the adapters in the paper's method-mix order (ReAct, +CoT, +Reflexion)."""
+    mix = MIX_ORDER.index(row["adapter"]["methods"]) if row["method"] == "ft" else -1
+    return (mix, _name(row))
+
+
 def plot_all(board: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -131,7 +137,7 @@ def plot_all(board: dict, out_dir: Path) -> list[Path]:
     noisy = [r for r in rows if r["dataset"] == HELD_IN and r["method"] in ("react", "reflexion", "ft")]
     if len({r["noise"] for r in noisy}) > 1:
         def noise(ax, rs, model):
-            names = [n for n in dict.fromkeys(_name(r) for r in sorted(rs, key=lambda r: r["method"] == "ft"))
+            names = [n for n in dict.fromkeys(_name(r) for r in sorted(rs, key=_prompting_then_mix_order))
                      if sum(_name(r) == n for r in rs) > 1]  # methods measured under more than one tool
             groups = {n.replace(" / ", "\n", 1): sorted((r for r in rs if _name(r) == n), key=lambda r: NOISES.index(r["noise"]))
                       for n in names}
