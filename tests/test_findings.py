@@ -80,3 +80,19 @@ def test_the_leaderboard_writes_findings_md_beside_it(tmp_path):
     assert written == ["leaderboard.json", "leaderboard.md", "findings.md"]
     assert "| m | 0.0 (0.0–16.1) | 50.0 (29.9–70.1) (100) |" in (tmp_path / "findings.md").read_text()
     assert [p.name for p in leaderboard.write(board, tmp_path / "b", plots=False)] == ["leaderboard.json", "leaderboard.md"]
+
+
+def test_the_central_plot_takes_the_largest_react_adapter_and_stale_plots_are_removed(tmp_path):
+    """A mixed-method adapter holds more trajectories (ReAct+CoT: 687) than the ReAct one (499): the central plot
+    still shows the ReAct one, as table 2 does. A plot from an earlier build that the rows no longer make goes."""
+    from test_stats import _result as board_result
+
+    react = {"methods": "react", "tasks": "hotpotqa", "size": None, "preset": "small", "config": {}, "seed": 0}
+    results = [board_result("a", "react", [0] * 20), board_result("d", "ft", [1] * 10 + [0] * 10, react),
+               board_result("e", "ft", [1] * 12 + [0] * 8, {**react, "methods": "react+cot"})]
+    results[1]["adapter"]["composition"]["size"], results[2]["adapter"]["composition"]["size"] = 499, 687
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "generalization.png").write_bytes(b"an old build's plot")
+    written = {p.name for p in leaderboard.write(leaderboard.build(results, "t"), tmp_path)}
+    assert {"prompt_vs_ft.png", "method_mix.png"} <= written
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {n for n in written if n.endswith(".png")}

@@ -176,7 +176,10 @@ def write(board: dict, out_dir: Path = RESULTS_DIR, plots: bool = True, results:
     if plots:
         from fireact_bench.harness.benchmark.plots import plot_all
 
-        written += plot_all(board, out_dir / "plots")
+        plots = plot_all(board, out_dir / "plots")
+        for stale in set((out_dir / "plots").glob("*.png")) - set(plots):  # a plot the rows no longer make
+            stale.unlink()
+        written += plots
     return written
 
 

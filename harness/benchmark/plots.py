@@ -86,7 +86,8 @@ def plot_all(board: dict, out_dir: Path) -> list[Path]:
 
     # the central question: each prompting method against fine-tuning on all of the ReAct data of a task mix
     central_rows = [r for r in clean if r["method"] != "ft" or r["adapter"]["methods"] == "react"
-                    and r["adapter"]["size"] == max(x["adapter"]["size"] for x in tuned if x["adapter"]["tasks"] == r["adapter"]["tasks"])]
+                    and r["adapter"]["size"] == max(x["adapter"]["size"] for x in tuned if x["adapter"]["tasks"] == r["adapter"]["tasks"]
+                                                    and x["adapter"]["methods"] == "react")]
     if any(r["method"] == "ft" for r in central_rows) and any(r["method"] != "ft" for r in central_rows):
         order = ("io", "cot", "react", "reflexion", "ft")
 
