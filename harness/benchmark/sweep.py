@@ -43,7 +43,7 @@ DEFAULT_TRAINER = "fireact_bench.adapters.finetune:finetune"
 def return_free_memory() -> str:
     """Hand the heap's free pages back to the OS; which allocator did it. Freeing the vLLM engine frees nothing the
     OS sees otherwise: tcmalloc (which `make` preloads) keeps freed pages for reuse (measured: 3.6 GiB resident after
-    the engine's release, 0.8 GiB after this), and so, for small blocks, does glibc."""
+    the engine's release, 0.8 GiB after this). Without tcmalloc, glibc's malloc_trim does the same for its heap."""
     import ctypes
 
     process = ctypes.CDLL(None)
