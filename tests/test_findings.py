@@ -44,6 +44,7 @@ def test_each_finding_gets_its_table_with_paired_comparisons():
 
     general = {r["dataset"]: r for r in found["generalization"]}
     assert general["hotpotqa"]["held_in"] and not general["bamboogle"]["held_in"]
+    assert general["hotpotqa"]["standing"] == "held-in" and general["bamboogle"]["standing"] == "held-out"
     assert general["bamboogle"]["versus"]["delta"] == pytest.approx(0.1) and general["bamboogle"]["prompted"]["em"] == 0.1
     assert general["bamboogle"]["paper"] == {"few-shot react": 40.8, "ft react/hotpotqa": 44.0, "ft react/multitask": 43.2}
 
@@ -60,6 +61,14 @@ def test_each_finding_gets_its_table_with_paired_comparisons():
     assert "| m | 0.0 (0.0–16.1) | 50.0 (29.9–70.1) (499) | +50.0 (+27.5 to +72.5), p 0.002 |" in md
     assert "| m | 499 | 50.0 (29.9–70.1) | +20.0 (+2.0 to +38.0), p 0.12 |" in md  # 4 only-499 questions, 0 the other way
     assert "| m | ft react/hotpotqa | none | 33.6 | 25.0 (11.2–46.9) | 50.0 | -25.0" in md
+
+
+def test_strategyqa_and_mmlu_are_held_out_of_hotpotqa_data_only():
+    # they are in the multi-task data (FireAct's table 5), so "held-out" would misread the multi-task column
+    from fireact_bench.harness.benchmark.plots import standing
+
+    assert [standing(d) for d in ("hotpotqa", "bamboogle", "strategyqa", "mmlu")] == \
+        ["held-in", "held-out", "in multitask data only", "in multitask data only"]
 
 
 def test_a_grid_without_a_finding_s_rows_gets_no_table(tmp_path):
@@ -96,3 +105,17 @@ def test_the_central_plot_takes_the_largest_react_adapter_and_stale_plots_are_re
     written = {p.name for p in leaderboard.write(leaderboard.build(results, "t"), tmp_path)}
     assert {"prompt_vs_ft.png", "method_mix.png"} <= written
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {n for n in written if n.endswith(".png")}
+
+
+def test_each_data_mix_is_plotted_at_its_own_full_size():
+    """The method-mix plot lost its ReAct bar once the multi-task ReAct adapter (1,015 trajectories) had run: sizes
+    were compared across task mixes. Each (model, method mix, task mix) keeps its own largest adapter."""
+    from fireact_bench.harness.benchmark.plots import largest_adapter
+
+    def row(methods, tasks, size, model="m"):
+        return {"model": model, "method": "ft", "adapter": {"methods": methods, "tasks": tasks, "size": size}}
+
+    tuned = [row("react", "hotpotqa", 100), row("react", "hotpotqa", 499), row("react", "multitask", 1015),
+             row("react+cot", "hotpotqa", 687), row("react", "hotpotqa", 200, model="other")]
+    largest = largest_adapter(tuned)
+    assert [largest(r) for r in tuned] == [False, True, True, True, True]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 
-from fireact_bench.harness.benchmark.plots import MIX_NAMES
+from fireact_bench.harness.benchmark.plots import MIX_NAMES, standing
 from fireact_bench.harness.benchmark.stats import mcnemar_exact, paired_difference, wilson
 from fireact_bench.harness.study import EVAL_DATASETS, FINETUNED, HELD_IN, NOISES
 
@@ -111,7 +111,7 @@ def tables(results: list[dict]) -> dict[str, list[dict]]:
             if single and multi:
                 prompted = pick("react", dataset=dataset)
                 out["generalization"].append({
-                    "model": model, "dataset": dataset, "held_in": dataset == HELD_IN,
+                    "model": model, "dataset": dataset, "held_in": dataset == HELD_IN, "standing": standing(dataset),
                     "prompted": prompted and _em(prompted), "hotpotqa_only": _em(single), "multitask": _em(multi),
                     "versus": _versus(multi, single),
                     "paper": {k: v.get(dataset) for k, v in PAPER["generalization"].items()}})
@@ -171,7 +171,7 @@ def markdown(found: dict[str, list[dict]]) -> str:
                   "HotpotQA-only | multi-task | Δ multi-task − HotpotQA-only |", "|---|---|---|---|---|---|---|"]
         for r in found["generalization"]:
             paper = " / ".join("–" if v is None else f"{v}" for v in r["paper"].values())
-            lines.append(f"| {r['model']} | {r['dataset']} ({'held-in' if r['held_in'] else 'held-out'}) | {paper} | "
+            lines.append(f"| {r['model']} | {r['dataset']} ({r['standing']}) | {paper} | "
                          f"{_ci(r['prompted'])} | {_ci(r['hotpotqa_only'])} | {_ci(r['multitask'])} | {_diff(r['versus'])} |")
         lines.append("")
     if "noise" in found:
