@@ -119,3 +119,11 @@ def test_each_data_mix_is_plotted_at_its_own_full_size():
              row("react+cot", "hotpotqa", 687), row("react", "hotpotqa", 200, model="other")]
     largest = largest_adapter(tuned)
     assert [largest(r) for r in tuned] == [False, True, True, True, True]
+
+
+def test_a_model_with_one_data_mix_gets_no_method_mix_panel():
+    """Gemma has only the ReAct adapter: a method-mix panel of one bar compares nothing."""
+    from fireact_bench.harness.benchmark.plots import _models_comparing
+
+    rows = [{"model": "gemma", "mix": "react"}, {"model": "smol", "mix": "react"}, {"model": "smol", "mix": "all"}]
+    assert _models_comparing(rows, lambda r: r["mix"]) == rows[1:]

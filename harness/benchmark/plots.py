@@ -93,6 +93,15 @@ def largest_adapter(tuned: list[dict]):
     return lambda r: r["adapter"]["size"] == sizes[mix(r)]
 
 
+def _models_comparing(rows: list[dict], key) -> list[dict]:
+    """The rows of the models that have more than one value of key(row): a model with a single method mix (or a
+    single evaluated dataset) gets no panel of its own in that finding's plot."""
+    values = defaultdict(set)
+    for r in rows:
+        values[r["model"]].add(key(r))
+    return [r for r in rows if len(values[r["model"]]) > 1]
+
+
 def plot_all(board: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -148,7 +157,8 @@ def plot_all(board: dict, out_dir: Path) -> list[Path]:
 
     mixes = [r for r in tuned if r["noise"] == "clean" and r["dataset"] == HELD_IN and r["adapter"]["tasks"] == "hotpotqa"
              and largest(r)]
-    if len({r["adapter"]["methods"] for r in mixes}) > 1:
+    mixes = _models_comparing(mixes, lambda r: r["adapter"]["methods"])
+    if mixes:
         def mix(ax, rs, model):
             groups = {MIX_NAMES[m]: [r for r in rs if r["adapter"]["methods"] == m] for m in MIX_ORDER
                       if any(r["adapter"]["methods"] == m for r in rs)}
@@ -168,7 +178,8 @@ def plot_all(board: dict, out_dir: Path) -> list[Path]:
 
     general = [r for r in clean if r["method"] == "react" or r["method"] == "ft" and r["adapter"]["methods"] == "react"
                and largest(r)]
-    if len({r["dataset"] for r in general}) > 1 and any(r["method"] == "ft" and r["dataset"] != HELD_IN for r in general):
+    general = _models_comparing(general, lambda r: r["dataset"] if r["method"] == "ft" else HELD_IN)
+    if general:
         def gen(ax, rs, model):
             groups = {f"{d}\n({standing(d)})":
                       sorted((r for r in rs if r["dataset"] == d), key=lambda r: (r["method"] == "ft", _name(r)))
